@@ -1,0 +1,57 @@
+"""The target's KV cache: a committed length, rollback, and keeping a tree path.
+
+Invariant: after every step the cache holds exactly the keys and values that a
+fresh prefill of the committed tokens (all but the pending root token) would
+give. An operation that cannot keep it raises; it never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+class KVCache:
+    """Owns a transformers ``DynamicCache`` for one sequence (batch size 1)."""
+
+    def __init__(self, config) -> None:
+        self.inner = DynamicCache(config=config)
+        for layer in self.inner.layers:
+            if getattr(layer, "is_sliding", False):
+                # Sliding-window layers drop old entries, which a rollback
+                # would need back. Refuse rather than corrupt the cache.
+                raise NotImplementedError(
+                    "sliding-window attention layers are not supported by quickdraft's KV rollback yet"
+                )
+
+    def __len__(self) -> int:
+        return int(self.inner.get_seq_length())
+
+    def truncate(self, length: int) -> None:
+        """Drop every entry at position >= length."""
+        current = len(self)
+        if not 0 <= length <= current:
+            raise ValueError(f"cannot truncate a cache of length {current} to {length}")
+        if length < current:
+            self.inner.crop(length - current)  # transformers takes a negative count to drop
+        assert len(self) == length
+
+    def keep(self, start: int, offsets: list[int]) -> None:
+        """Keep ``start`` committed entries plus the entries at ``start + o`` for o in offsets.
+
+        Used after a tree verification: the accepted path's nodes are gathered
+        into place right after the committed prefix, so no second forward pass
+        is needed. ``offsets`` must be increasing (ancestors come first).
+        """
+        if offsets == list(range(len(offsets))):
+            self.truncate(start + len(offsets))
+            return
+        assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
+        index = torch.tensor([start + o for o in offsets], dtype=torch.long)
+        for layer in self.inner.layers:
+            keys, values = layer.keys, layer.values  # [B, H, T, D]
+            kept_k = keys.index_select(2, index.to(keys.device))
+            kept_v = values.index_select(2, index.to(values.device))
+            layer.keys = torch.cat([keys[:, :, :start], kept_k], dim=2)
+            layer.values = torch.cat([values[:, :, :start], kept_v], dim=2)
+        assert len(self) == start + len(offsets)

@@ -1,0 +1,152 @@
+"""The ``quickdraft`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import QuickdraftError
+from .models import DEFAULT_MODEL
+
+DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
+
+
+class QuickdraftGroup(click.Group):
+    """Turns QuickdraftError into a one-line message and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QuickdraftError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=QuickdraftGroup)
+@click.version_option(package_name="quickdraft")
+def main() -> None:
+    """quickdraft: faster decoding that never changes what the model generates."""
+    logging.basicConfig(level=logging.WARNING, format="quickdraft: %(message)s")
+
+
+def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:
+    if prompt is not None and prompt_file is not None:
+        raise QuickdraftError("give the prompt as an argument or with --prompt-file, not both")
+    if prompt_file == "-":
+        return sys.stdin.read()
+    if prompt_file is not None:
+        try:
+            return Path(prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise QuickdraftError(f"cannot read prompt file {prompt_file}: {exc}") from exc
+    if prompt is None:
+        raise QuickdraftError("no prompt: pass it as an argument, or use --prompt-file PATH (or - for stdin)")
+    return prompt
+
+
+def _stats_line(result) -> str:
+    s = result.stats
+    return (
+        f"[{result.method}] {s.new_tokens} tokens in {s.wall_s:.2f}s = {s.tokens_per_s:.1f} tok/s; "
+        f"{s.steps} target passes, mean accepted {s.mean_accepted:.2f}; "
+        f"prompt {s.prompt_tokens} tokens; draft {s.draft_s:.2f}s, verify {s.verify_s:.2f}s"
+    )
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
+@click.option("--method", default="ar", show_default=True, help="decoding method (see `quickdraft methods`)")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
+@click.option("--seed", type=int, default=None)
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--system", default=None, help="system message")
+@click.option("--no-chat", is_flag=True, help="raw completion, without the chat template")
+@click.option("--stop", multiple=True, help="stop string (repeatable)")
+@click.option("--prompt-file", default=None, help="read the prompt from a file, or - for stdin")
+@click.option("--stats", "show_stats", is_flag=True, help="print a stats line to stderr")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming text")
+def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, seed, dtype, threads, system,
+             no_chat, stop, prompt_file, show_stats, as_json) -> None:
+    """Generate an answer to PROMPT, streamed as it is produced."""
+    from .drafters import get_method
+    from .engine import load
+
+    text = _read_prompt(prompt, prompt_file)
+    get_method(method)  # fail on an unknown method before loading anything
+    engine = load(model, dtype=dtype, threads=threads)
+    kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                  top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
+    result = None
+    for item in engine.events(text, **kwargs):
+        if isinstance(item, str):
+            if not as_json:
+                click.echo(item, nl=False)
+        else:
+            result = item
+    if as_json:
+        data = result.to_dict()
+        data["stats"] = {k: data["stats"][k] for k in
+                         ("prompt_tokens", "new_tokens", "steps", "mean_accepted", "tokens_per_s", "wall_s",
+                          "prefill_s", "draft_s", "verify_s", "accepted_hist")}
+        click.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        click.echo()
+    if show_stats:
+        click.echo(_stats_line(result), err=True)
+
+
+@main.command()
+def methods() -> None:
+    """List the decoding methods."""
+    from .drafters import methods as all_methods
+
+    for spec in all_methods():
+        click.echo(f"{spec.name:<12} {'lossless' if spec.lossless else 'LOSSY':<9} {spec.description}")
+
+
+DEMO_PROMPT = """Here is a short text. Rewrite it exactly, but replace every "cat" with "dog".
+
+The cat sat on the mat. The cat was happy, because the mat was warm and the sun was shining through the window.
+Later the cat went to the kitchen, where the cat found a bowl of milk. The cat drank the milk and went back to the mat.
+In the evening the cat slept on the mat, and the cat dreamed of the kitchen, the milk and the warm sun."""
+
+
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--method", default="pld", show_default=True, help="the accelerated method to compare")
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--max-new-tokens", type=int, default=160, show_default=True)
+def demo(model, method, dtype, max_new_tokens) -> None:
+    """Generate one answer plainly and once accelerated; compare speed and output."""
+    from .engine import load
+
+    engine = load(model, dtype=dtype)
+    click.echo(f"model {engine.model_name} ({engine.target.dtype}); prompt: an editing task that copies its input\n")
+    engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=8)  # warm-up
+    plain = engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=max_new_tokens)
+    fast = engine.generate(DEMO_PROMPT, method=method, max_new_tokens=max_new_tokens)
+    click.echo(fast.text.strip() + "\n")
+    click.echo(_stats_line(plain))
+    click.echo(_stats_line(fast))
+    same = plain.token_ids == fast.token_ids
+    speedup = fast.stats.tokens_per_s / plain.stats.tokens_per_s if plain.stats.tokens_per_s else 0.0
+    click.echo(f"\nspeedup {speedup:.2f}x, mean accepted {fast.stats.mean_accepted:.2f} tokens per pass, "
+               f"outputs identical: {'yes' if same else 'NO'}")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

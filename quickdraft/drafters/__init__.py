@@ -1,0 +1,15 @@
+"""Drafters, one module each; each registers itself by name in :mod:`.registry`.
+
+Import order is registration order, which is the order ``quickdraft methods`` lists.
+"""
+
+from . import ar as _ar  # noqa: F401  (registers "ar")
+from . import pld as _pld  # noqa: F401  (registers "pld")
+from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
+from .pld import PromptLookup, find_continuation
+from .registry import BuildContext, MethodSpec, get_method, methods, register
+
+__all__ = [
+    "BuildContext", "Draft", "DraftContext", "Drafter", "EMPTY_DRAFT", "MethodSpec", "PromptLookup",
+    "StepOutcome", "find_continuation", "get_method", "methods", "register",
+]

@@ -1,0 +1,100 @@
+"""The drafter contract.
+
+A drafter proposes tokens; the engine verifies them with the target model and
+tells the drafter what happened. Two methods, as in transformers' candidate
+generators::
+
+    draft = drafter.propose(context)   # Draft: what to verify this step
+    drafter.observe(outcome)           # StepOutcome: what the target decided
+
+A drafter never touches the target's KV cache and never decides acceptance, so
+no drafter can make decoding lossy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What a drafter may look at when proposing.
+
+    tokens: [T] every committed token id (prompt, then generated), int64.
+    prompt_len: how many of ``tokens`` are the prompt.
+    budget: the most draft tokens the engine will verify this step (already
+        capped so that accepted tokens plus the bonus never exceed
+        ``max_new_tokens``).
+    """
+
+    tokens: np.ndarray
+    prompt_len: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Tokens to verify in one target forward pass.
+
+    tokens: the drafted token ids, n of them.
+    parents: for a tree, the parent node of each token (node 0 is the root,
+        the last committed token; node i is ``tokens[i - 1]``), so
+        ``parents[i] < i + 1``. None means a chain: ``parents = [0, 1, ..., n-1]``.
+    draft_probs: [n, V] the distribution each token was sampled from, or None
+        for a deterministic drafter (one-hot for speculative sampling).
+    """
+
+    tokens: tuple[int, ...] = ()
+    parents: tuple[int, ...] | None = None
+    draft_probs: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if self.parents is not None:
+            assert len(self.parents) == n, "one parent per draft token"
+            assert all(0 <= p <= i for i, p in enumerate(self.parents)), "parents must precede children"
+        if self.draft_probs is not None:
+            assert self.draft_probs.dim() == 2 and self.draft_probs.shape[0] == n, "draft_probs must be [n, V]"
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def is_chain(self) -> bool:
+        return self.parents is None or all(p == i for i, p in enumerate(self.parents))
+
+
+EMPTY_DRAFT = Draft()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one verification step decided, for ``Drafter.observe``.
+
+    draft: the draft that was verified.
+    path: node indices (>= 1) of the accepted draft tokens.
+    tokens: emitted tokens (accepted draft tokens then the recovered/bonus one).
+    target_logits: [n + 1, V] the target's logits at the root and every node.
+    """
+
+    draft: Draft
+    path: tuple[int, ...]
+    tokens: tuple[int, ...]
+    target_logits: torch.Tensor = field(repr=False)
+
+
+class Drafter:
+    """Base class: proposes nothing and learns nothing (that is plain decoding)."""
+
+    def propose(self, context: DraftContext) -> Draft:
+        return EMPTY_DRAFT
+
+    def observe(self, outcome: StepOutcome) -> None:
+        return None
+
+    def reset(self) -> None:
+        """Forget per-request state before a new generation (learned statistics may stay)."""
+        return None

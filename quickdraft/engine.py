@@ -1,0 +1,410 @@
+"""The engine: one decode loop shared by plain decoding and every drafter.
+
+Each step::
+
+    1. propose  - the drafter guesses tokens (a chain or a tree; maybe none)
+    2. verify   - one target forward pass over the root and every drafted token
+    3. accept   - greedy or speculative-sampling acceptance (pure functions, verify.py)
+    4. commit   - keep the accepted tokens; the KV cache keeps the accepted path
+    5. observe  - the drafter learns what was accepted
+
+Plain decoding (``ar``) is this loop with an empty draft, so the baseline and
+every method share every line but the drafter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .drafters import BuildContext, Draft, DraftContext, Drafter, StepOutcome, get_method
+from .errors import QuickdraftError
+from .models import TargetModel
+from .sampling import SamplingParams, make_generator, target_probs
+from .text import IncrementalText
+from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy
+
+
+@dataclass
+class Stats:
+    """Counters of one generation. ``steps`` counts target forward passes after the prefill."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    steps: int = 0
+    drafted_tokens: int = 0
+    accepted_hist: Counter = field(default_factory=Counter)  # accepted draft tokens per step -> count
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """New tokens per target forward pass, bonus token included (plain decoding: 1.0)."""
+        return self.new_tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "steps": self.steps,
+            "mean_accepted": round(self.mean_accepted, 4),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "wall_s": round(self.wall_s, 4),
+            "prefill_s": round(self.prefill_s, 4),
+            "draft_s": round(self.draft_s, 4),
+            "verify_s": round(self.verify_s, 4),
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_hist": {str(k): v for k, v in sorted(self.accepted_hist.items())},
+        }
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    method: str
+    model: str
+    stats: Stats
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "method": self.method,
+            "model": self.model,
+            "finish_reason": self.finish_reason,
+            "stats": self.stats.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated generation request (what ``Engine.generate`` was asked)."""
+
+    prompt_ids: tuple[int, ...]
+    method: str
+    params: SamplingParams
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+
+
+Message = dict[str, str]
+
+
+class Engine:
+    """A loaded target model plus the decode loop. Not thread-safe: one generation at a time."""
+
+    def __init__(self, target: TargetModel) -> None:
+        self.target = target
+        self._drafters: dict[tuple, Drafter] = {}
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.target.name
+
+    # ------------------------------------------------------------------ API
+
+    def generate(self, prompt: str | Sequence[Message], **kwargs: Any) -> GenerationResult:
+        """Generate a completion. Keyword arguments as for :meth:`stream`."""
+        events = self.events(prompt, **kwargs)
+        for item in events:
+            if isinstance(item, GenerationResult):
+                return item
+        raise AssertionError("events() always ends with a result")
+
+    def stream(self, prompt: str | Sequence[Message], **kwargs: Any) -> Iterator[str]:
+        """Yield text pieces as they are produced."""
+        for item in self.events(prompt, **kwargs):
+            if isinstance(item, str):
+                yield item
+
+    def events(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        method: str = "ar",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        system: str | None = None,
+        chat: bool = True,
+        options: dict[str, Any] | None = None,
+    ) -> Iterator[str | GenerationResult]:
+        """Yield text pieces, then the :class:`GenerationResult` last.
+
+        prompt: a string (a user message, or raw text with ``chat=False``) or a
+        list of ``{"role", "content"}`` messages. ``options`` are passed to the
+        method's drafter (for example ``{"k": 8}`` for ``pld``).
+        """
+        request = self.prepare(
+            prompt, method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, seed=seed, stop=stop, system=system, chat=chat,
+        )
+        yield from self.run(request, options=options)
+
+    def prepare(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        method: str = "ar",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        system: str | None = None,
+        chat: bool = True,
+    ) -> Request:
+        """Validate a request and tokenize its prompt; raises QuickdraftError on bad input."""
+        get_method(method)  # unknown method -> error listing the known ones
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise QuickdraftError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise QuickdraftError("stop strings must be non-empty strings")
+        prompt_ids = self.encode(prompt, system=system, chat=chat)
+        if len(prompt_ids) >= self.target.max_context:
+            raise QuickdraftError(
+                f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.target.max_context}"
+            )
+        return Request(tuple(prompt_ids), method, params, max_new_tokens, stops)
+
+    def encode(self, prompt: str | Sequence[Message], *, system: str | None = None, chat: bool = True) -> list[int]:
+        """Token ids of a prompt, through the chat template unless ``chat`` is False."""
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise QuickdraftError("the prompt is empty")
+            if not chat:
+                if system:
+                    raise QuickdraftError("a system message needs the chat template (drop --no-chat or --system)")
+                return list(tok.encode(prompt, add_special_tokens=True))
+            messages: list[Message] = [{"role": "user", "content": prompt}]
+        else:
+            messages = _check_messages(prompt)
+            if not chat:
+                raise QuickdraftError("a list of messages needs the chat template")
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        if not getattr(tok, "chat_template", None):
+            if len(messages) == 1 and messages[0]["role"] == "user":
+                return list(tok.encode(messages[0]["content"], add_special_tokens=True))
+            raise QuickdraftError(f"model {self.model_name} has no chat template; pass a plain prompt")
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tok.encode(text, add_special_tokens=False))
+
+    def drafter(self, method: str, options: dict[str, Any] | None = None) -> Drafter:
+        """The engine's drafter for a method and options, reset for a new request.
+
+        Drafters are kept per (method, options) so statistics they learn carry
+        across requests of this engine.
+        """
+        options = dict(options or {})
+        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in self._drafters:
+            try:
+                self._drafters[key] = get_method(method).build(BuildContext(target=self.target, options=options))
+            except (TypeError, ValueError) as exc:
+                raise QuickdraftError(f"bad options for method {method!r}: {exc}") from exc
+        drafter = self._drafters[key]
+        drafter.reset()
+        return drafter
+
+    # ----------------------------------------------------------- the loop
+
+    def run(self, request: Request, *, options: dict[str, Any] | None = None) -> Iterator[str | GenerationResult]:
+        """Decode a prepared request: text pieces, then the result."""
+        drafter = self.drafter(request.method, options)
+        stats = Stats(prompt_tokens=len(request.prompt_ids))
+        text = IncrementalText(self.tokenizer, stops=request.stop)
+        token_ids: list[int] = []
+        finish = "length"
+        start = time.perf_counter()
+        steps = decode(self.target, request.prompt_ids, drafter, request.params, request.max_new_tokens, stats)
+        try:
+            for emitted in steps:
+                token_ids.extend(emitted)
+                piece, stopped = text.add(emitted)
+                if piece:
+                    yield piece
+                if stopped:
+                    finish = "stop"
+                    break
+            else:
+                if token_ids and token_ids[-1] in self.target.eos_ids:
+                    finish = "stop"
+        finally:
+            steps.close()
+            stats.wall_s = time.perf_counter() - start
+        rest = text.flush()
+        if rest:
+            yield rest
+        yield GenerationResult(
+            text=text.text, token_ids=token_ids, method=request.method, model=self.model_name,
+            stats=stats, finish_reason=finish,
+        )
+
+
+def decode(
+    target: TargetModel,
+    prompt_ids: Sequence[int],
+    drafter: Drafter,
+    params: SamplingParams,
+    max_new_tokens: int,
+    stats: Stats,
+) -> Iterator[tuple[int, ...]]:
+    """The decode loop: yields the tokens each step emits, cut at EOS and at max_new_tokens.
+
+    Invariant: the KV cache holds every committed token but the last one (the
+    *root*), which is fed as the first input of the next step. So the prefill
+    covers the prompt minus its last token, and every step, plain or not, is
+    one forward pass emitting at least one token.
+    """
+    prompt_len = len(prompt_ids)
+    capacity = min(prompt_len + max_new_tokens, target.max_context)
+    tokens = np.zeros(capacity, dtype=np.int64)  # committed tokens: [prompt | generated]
+    tokens[:prompt_len] = prompt_ids
+    length = prompt_len
+    cache = target.new_cache()
+    generator = None if params.greedy else make_generator(params.seed)
+
+    t0 = time.perf_counter()
+    if prompt_len > 1:
+        target.forward(list(prompt_ids[:-1]), cache)
+    stats.prefill_s = time.perf_counter() - t0
+
+    while length < capacity:
+        room = capacity - length  # tokens we may still emit (>= 1)
+
+        # 1. propose (at most room - 1 tokens, so accepted + bonus fit)
+        t0 = time.perf_counter()
+        draft = drafter.propose(DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1))
+        draft = fit_draft(draft, room - 1)
+        t1 = time.perf_counter()
+
+        # 2. verify: one forward over the root and the drafted tokens
+        root = int(tokens[length - 1])
+        base = len(cache)
+        logits = target.forward([root, *draft.tokens], cache, draft.parents)  # [n + 1, V]
+
+        # 3. accept
+        verdict = accept(logits, draft, params, generator)
+
+        # 4. commit: the cache keeps the root and the accepted path
+        cache.keep(base, [0, *verdict.path])
+        emitted = _cut_at_eos(verdict.tokens, target.eos_ids)
+        tokens[length: length + len(emitted)] = emitted
+        length += len(emitted)
+        t2 = time.perf_counter()
+
+        # 5. observe
+        drafter.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits))
+        t3 = time.perf_counter()
+
+        stats.steps += 1
+        stats.new_tokens += len(emitted)
+        stats.drafted_tokens += len(draft)
+        stats.accepted_hist[verdict.accepted] += 1
+        stats.draft_s += (t1 - t0) + (t3 - t2)
+        stats.verify_s += t2 - t1
+        yield emitted
+        if emitted[-1] in target.eos_ids:
+            return
+
+
+def accept(
+    logits: torch.Tensor, draft: Draft, params: SamplingParams, generator: torch.Generator | None
+) -> Verdict:
+    """Greedy or sampling acceptance for a chain or a tree. logits: [n + 1, V]."""
+    tokens = list(draft.tokens)
+    if params.greedy:
+        if draft.is_chain:
+            return verify_greedy(logits, tokens)
+        return verify_tree_greedy(logits, tokens, draft.parents)
+    if not draft.is_chain:
+        raise QuickdraftError("sampling over a draft tree is not supported yet; use temperature 0")
+    probs = target_probs(logits, params)
+    return verify_sampling(probs, tokens, draft.draft_probs, generator)
+
+
+def fit_draft(draft: Draft, budget: int) -> Draft:
+    """Drop draft nodes deeper than ``budget``, so accepted tokens plus the bonus fit the room left."""
+    if draft.parents is None or draft.is_chain:
+        if len(draft) <= budget:
+            return draft
+        probs = None if draft.draft_probs is None else draft.draft_probs[:budget]
+        return Draft(tokens=draft.tokens[:budget], draft_probs=probs)
+    depth = [0]
+    for p in draft.parents:
+        depth.append(depth[p] + 1)
+    if max(depth) <= budget:
+        return draft
+    keep = [i for i in range(len(draft)) if depth[i + 1] <= budget]  # ancestors of a kept node are kept
+    renumber = {0: 0, **{old + 1: new + 1 for new, old in enumerate(keep)}}
+    return Draft(
+        tokens=tuple(draft.tokens[i] for i in keep),
+        parents=tuple(renumber[draft.parents[i]] for i in keep),
+        draft_probs=None if draft.draft_probs is None else draft.draft_probs[keep],
+    )
+
+
+def _cut_at_eos(tokens: tuple[int, ...], eos_ids: frozenset[int]) -> tuple[int, ...]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _check_messages(messages: Sequence[Message]) -> list[Message]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise QuickdraftError("messages must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise QuickdraftError(f"message {i} must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise QuickdraftError(f"message {i} has unknown role {m['role']!r} (system, user or assistant)")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["content"].strip() for m in out if m["role"] == "user"):
+        raise QuickdraftError("the prompt is empty (no user message with content)")
+    return out
+
+
+def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: str = "cpu",
+         threads: int | None = None) -> Engine:
+    """Load a model and return an :class:`Engine` for it.
+
+    >>> engine = load("smollm2-135m-instruct")                     # doctest: +SKIP
+    >>> engine.generate("Hi!", method="pld", max_new_tokens=32).text  # doctest: +SKIP
+    """
+    from .models import load_model
+
+    if threads is not None:
+        if threads <= 0:
+            raise QuickdraftError(f"threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    return Engine(load_model(model, dtype=dtype, device=device))
+
+
+__all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "decode", "fit_draft", "load"]

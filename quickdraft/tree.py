@@ -1,0 +1,77 @@
+"""Draft trees as parent arrays: depths, ancestor masks, paths (pure functions).
+
+Nodes are numbered 0..n: node 0 is the root (the last committed token, fed to
+the model but not yet in the KV cache) and node ``i >= 1`` is draft token
+``i - 1``. ``parents[i - 1]`` is the parent node of node ``i``; parents always
+precede their children. A chain of k tokens has ``parents = [0, 1, ..., k-1]``.
+
+Example tree (root r with children a, b; a has child c)::
+
+    r ─ a ─ c          parents = [0, 0, 1]    (a, b, c = nodes 1, 2, 3)
+      └ b              depths  = [0, 1, 1, 2]
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def chain_parents(k: int) -> tuple[int, ...]:
+    """Parents of a k-token chain. >>> chain_parents(3)
+    (0, 1, 2)
+    """
+    return tuple(range(k))
+
+
+def depths(parents: tuple[int, ...] | list[int]) -> list[int]:
+    """Depth of every node, root included (root = 0).
+
+    >>> depths([0, 0, 1])
+    [0, 1, 1, 2]
+    """
+    out = [0]
+    for p in parents:
+        out.append(out[p] + 1)
+    return out
+
+
+def ancestor_mask(parents: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """[n + 1, n + 1] bool: entry (i, j) is True when node j is node i or an ancestor of it.
+
+    >>> ancestor_mask([0, 0, 1]).int().tolist()
+    [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
+    """
+    n = len(parents) + 1
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask[0, 0] = True
+    for i, p in enumerate(parents, start=1):
+        mask[i] = mask[p]
+        mask[i, i] = True
+    return mask
+
+
+def path_to(parents: tuple[int, ...] | list[int], node: int) -> list[int]:
+    """Nodes from the root's child down to ``node`` (root excluded).
+
+    >>> path_to([0, 0, 1], 3)
+    [1, 3]
+    >>> path_to([0, 0, 1], 0)
+    []
+    """
+    path = []
+    while node != 0:
+        path.append(node)
+        node = parents[node - 1]
+    return path[::-1]
+
+
+def children(parents: tuple[int, ...] | list[int]) -> list[list[int]]:
+    """Child nodes of every node, in node order.
+
+    >>> children([0, 0, 1])
+    [[1, 2], [3], [], []]
+    """
+    out: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for i, p in enumerate(parents, start=1):
+        out[p].append(i)
+    return out
