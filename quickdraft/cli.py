@@ -84,6 +84,8 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     from .engine import load
 
     text = _read_prompt(prompt, prompt_file)
+    if not text.strip():
+        raise QuickdraftError("the prompt is empty")
     get_method(method)  # fail on an unknown method before loading anything
     engine = load(model, dtype=dtype, threads=threads)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

@@ -233,13 +233,14 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
     name, where = resolve(spec)
     torch_dtype = _pick_dtype(dtype, device)
     local = isinstance(where, Path)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a converted model loads in a second; no bar needed
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
         )
-    except QuickdraftError:
-        raise
     except Exception as exc:
         if local:
             raise QuickdraftError(f"could not load model from {where}: {type(exc).__name__}: {exc}") from exc
@@ -247,6 +248,8 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
             f"could not load {spec!r} from the Hugging Face hub ({type(exc).__name__}); offline, use a local "
             f"model directory, a .gguf file, or an alias: {', '.join(ALIASES)}"
         ) from exc
+    finally:
+        hf_logging.enable_progress_bar()
     model.to(device).eval()
     return TargetModel(model, tokenizer, name=name)
 

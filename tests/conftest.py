@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny random model (fast, no files) and the real embedded model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tiny_tokenizer():
+    """A byte-level tokenizer: 256 byte tokens plus <s>, </s>, <pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for special in ("<s>", "</s>", "<pad>"):
+        vocab[special] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def make_tiny_model(vocab_size: int = 259, *, seed: int = 0, max_positions: int = 512):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False,
+        initializer_range=0.2,  # spread-out logits: no near-ties between batched and single-token passes
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A Hugging Face model directory with a tiny random Llama and a byte tokenizer."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(max_positions=256).save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_dir):
+    from quickdraft import load
+
+    return load(str(tiny_dir), dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def real_engine():
+    """The embedded SmolLM2-135M in float32 (the exact reference dtype)."""
+    from quickdraft import load
+
+    return load("smollm2-135m-instruct", dtype="float32")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Keep tests' converted models in the user's cache (conversion is slow) but never write elsewhere."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield

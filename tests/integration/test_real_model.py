@@ -1,0 +1,34 @@
+"""The embedded SmolLM2-135M in float32: every method equals plain greedy, and drafts really happen."""
+
+import pytest
+
+from quickdraft import methods
+
+pytestmark = pytest.mark.real
+
+PROMPTS = [
+    "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank.",
+    "Rewrite the following code with the variable `x` renamed to `total`:\n\ndef add(a, b):\n    x = a + b\n"
+    "    print(x)\n    return x\n",
+    "What are three benefits of regular exercise?",
+    "Summarize in one sentence: The city council met on Tuesday to discuss the new park. The park will have a "
+    "playground, a pond and a small library. Construction starts next spring and ends in the autumn.",
+]
+
+
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"])
+def test_method_equals_plain_greedy_on_the_real_model(real_engine, method):
+    drafted = accepted = 0
+    for prompt in PROMPTS:
+        expected = real_engine.generate(prompt, method="ar", max_new_tokens=64)
+        got = real_engine.generate(prompt, method=method, max_new_tokens=64)
+        assert got.token_ids == expected.token_ids, f"{method} diverged on {prompt[:40]!r}"
+        assert got.text == expected.text
+        drafted += got.stats.drafted_tokens
+        accepted += got.stats.new_tokens - got.stats.steps
+    assert drafted > 0 and accepted > 0, f"{method} never drafted or never had a draft accepted"
+
+
+def test_default_model_json_metadata(real_engine):
+    r = real_engine.generate("Say hi.", max_new_tokens=4)
+    assert r.model == "smollm2-135m-instruct" and 1 <= len(r.token_ids) <= 4

@@ -1,0 +1,62 @@
+"""The Python API on the tiny model: results, streaming, stop strings, sampling, bad input."""
+
+import pytest
+
+from quickdraft import QuickdraftError
+
+
+def test_generate_returns_text_ids_and_stats(tiny_engine):
+    r = tiny_engine.generate("hello hello hello", method="pld", max_new_tokens=20, chat=False)
+    assert len(r.token_ids) == r.stats.new_tokens <= 20
+    assert r.method == "pld" and r.stats.steps >= 1
+    assert r.stats.mean_accepted == pytest.approx(r.stats.new_tokens / r.stats.steps)
+    assert r.text == tiny_engine.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+
+
+def test_plain_decoding_scores_one_token_per_step(tiny_engine):
+    r = tiny_engine.generate("hello", method="ar", max_new_tokens=12, chat=False)
+    assert r.stats.mean_accepted == 1.0 and r.stats.steps == r.stats.new_tokens
+
+
+def test_stream_pieces_join_to_the_generated_text(tiny_engine):
+    kwargs = dict(method="pld", max_new_tokens=30, chat=False)
+    pieces = list(tiny_engine.stream("abc abc abc", **kwargs))
+    assert "".join(pieces) == tiny_engine.generate("abc abc abc", **kwargs).text
+
+
+def test_chat_messages_and_system(tiny_engine):
+    r = tiny_engine.generate([{"role": "user", "content": "hi"}], system="be brief", max_new_tokens=5)
+    assert r.stats.prompt_tokens == len(tiny_engine.encode("hi", system="be brief"))
+
+
+def test_stop_string_cuts_the_text(tiny_engine):
+    full = tiny_engine.generate("abc", max_new_tokens=30, chat=False).text
+    stop = full[5:8]
+    assert stop and full.index(stop) >= 0
+    r = tiny_engine.generate("abc", max_new_tokens=30, chat=False, stop=[stop])
+    assert r.text == full[: full.index(stop)] and r.finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(tiny_engine):
+    kw = dict(method="pld", max_new_tokens=24, chat=False, temperature=1.0)
+    a = tiny_engine.generate("abab", seed=1, **kw).token_ids
+    b = tiny_engine.generate("abab", seed=1, **kw).token_ids
+    c = tiny_engine.generate("abab", seed=2, **kw).token_ids
+    assert a == b and a != c
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt="   "), "empty"),
+    (dict(prompt="hi", method="nope"), "unknown method"),
+    (dict(prompt="hi", max_new_tokens=0), "max_new_tokens"),
+    (dict(prompt="hi", max_new_tokens=-3), "max_new_tokens"),
+    (dict(prompt="hi", temperature=-0.5), "temperature"),
+    (dict(prompt="hi", top_p=0.0), "top_p"),
+    (dict(prompt="x" * 400), "context"),
+    (dict(prompt=[]), "messages"),
+    (dict(prompt=[{"role": "robot", "content": "hi"}]), "role"),
+])
+def test_bad_input_raises_a_clear_error(tiny_engine, kwargs, message):
+    prompt = kwargs.pop("prompt")
+    with pytest.raises(QuickdraftError, match=message):
+        tiny_engine.generate(prompt, **kwargs)
