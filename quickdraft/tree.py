@@ -75,3 +75,51 @@ def children(parents: tuple[int, ...] | list[int]) -> list[list[int]]:
     for i, p in enumerate(parents, start=1):
         out[p].append(i)
     return out
+
+
+class TokenTrie:
+    """Builds a draft tree from token sequences, sharing common prefixes.
+
+    Sequences are continuations of the root (the last committed token). Each
+    inserted sequence adds only the nodes it does not share; ``budget`` caps
+    the node count, so insert the most promising sequences first.
+
+    >>> trie = TokenTrie(budget=5)
+    >>> trie.insert([4, 5, 6]); trie.insert([4, 7]); trie.insert([9, 9, 9])
+    3
+    1
+    1
+    >>> trie.tokens, trie.parents   # 4-5-6, 4-7, then 9 (the budget is spent)
+    ([4, 5, 6, 7, 9], [0, 1, 2, 1, 0])
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self._child: dict[tuple[int, int], int] = {}  # (parent node, token) -> node
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def insert(self, sequence, parent: int = 0) -> int:
+        """Add a token sequence under ``parent`` (default: the root); return how many nodes were new."""
+        added = 0
+        node = parent
+        for token in sequence:
+            token = int(token)
+            child = self._child.get((node, token))
+            if child is None:
+                if len(self.tokens) >= self.budget:
+                    break
+                self.tokens.append(token)
+                self.parents.append(node)
+                child = len(self.tokens)
+                self._child[(node, token)] = child
+                added += 1
+            node = child
+        return added
+
+    def child(self, node: int, token: int) -> int | None:
+        """The node for ``token`` under ``node``, if present."""
+        return self._child.get((node, int(token)))
