@@ -33,7 +33,13 @@ class QuickdraftGroup(click.Group):
 @click.version_option(package_name="quickdraft")
 def main() -> None:
     """quickdraft: faster decoding that never changes what the model generates."""
-    logging.basicConfig(level=logging.WARNING, format="quickdraft: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("quickdraft: %(message)s"))
+    logger = logging.getLogger("quickdraft")
+    if not logger.handlers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _read_prompt(prompt: str | None, prompt_file: str | None) -> str:

@@ -232,26 +232,46 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
 
     name, where = resolve(spec)
     torch_dtype = _pick_dtype(dtype, device)
-    local = isinstance(where, Path)
     from transformers.utils import logging as hf_logging
 
+    if not isinstance(where, Path):
+        where = _hub_snapshot(where)
     hf_logging.disable_progress_bar()  # a converted model loads in a second; no bar needed
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
         )
-    except Exception as exc:
-        if local:
-            raise QuickdraftError(f"could not load model from {where}: {type(exc).__name__}: {exc}") from exc
-        raise QuickdraftError(
-            f"could not load {spec!r} from the Hugging Face hub ({type(exc).__name__}); offline, use a local "
-            f"model directory, a .gguf file, or an alias: {', '.join(ALIASES)}"
-        ) from exc
+    except Exception as exc:  # transformers raises many types for a bad model directory
+        raise QuickdraftError(f"could not load model from {where}: {type(exc).__name__}: {exc}") from exc
     finally:
         hf_logging.enable_progress_bar()
     model.to(device).eval()
     return TargetModel(model, tokenizer, name=name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A local snapshot of a hub model (safetensors only), failing fast when offline."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except LocalEntryNotFoundError:
+        log.debug("%s is not in the local hub cache; asking the hub", repo_id)
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(repo_id, timeout=10)
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        raise QuickdraftError(
+            f"could not load {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:120]}); "
+            f"offline, use a local "
+            f"model directory, a .gguf file, or an alias: {', '.join(ALIASES)}"
+        ) from exc
 
 
 class TargetModel:
