@@ -299,7 +299,9 @@ def decode(
 
         # 1. propose (at most room - 1 tokens, so accepted + bonus fit)
         t0 = time.perf_counter()
-        draft = drafter.propose(DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1))
+        draft = drafter.propose(
+            DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1, params=params)
+        )
         draft = fit_draft(draft, room - 1)
         t1 = time.perf_counter()
 

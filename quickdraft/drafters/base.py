@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..sampling import SamplingParams
+
 
 @dataclass(frozen=True)
 class DraftContext:
@@ -28,11 +30,14 @@ class DraftContext:
     budget: the most draft tokens the engine will verify this step (already
         capped so that accepted tokens plus the bonus never exceed
         ``max_new_tokens``).
+    params: the request's sampling parameters (None: greedy), for drafters
+        that sample their drafts from a shaped distribution of their own.
     """
 
     tokens: np.ndarray
     prompt_len: int
     budget: int
+    params: SamplingParams | None = None
 
 
 @dataclass(frozen=True)
