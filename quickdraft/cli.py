@@ -156,5 +156,76 @@ def demo(model, method, dtype, max_new_tokens) -> None:
         sys.exit(1)
 
 
+def _split_list(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@main.command()
+@click.option("--methods", "method_list", default="ar,pld", show_default=True,
+              help="comma-separated methods; `ar` always runs first as the baseline; peer baselines: "
+                   "hf-generate, hf-pld, hf-assisted (needs --draft-model)")
+@click.option("--suite", default="builtin", show_default=True,
+              help="builtin, humaneval, or a .jsonl file (MT-bench/Spec-Bench: question_id, category, turns)")
+@click.option("--per-category", type=int, default=None, help="only the first N prompts of each category")
+@click.option("--categories", default=None, help="comma-separated categories to run (default: all)")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="per turn")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True, help="repeat the whole interleaved pass")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--draft-model", default=None, help="draft model for methods that use one; enables hf-assisted")
+@click.option("--datastore", default=None, help="retrieval datastore for methods that use one")
+@click.option("--adapter", default=None, help="trained drafter adapter for methods that use one")
+@click.option("--option", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
+              help="drafter option for every method, or for one method (repeatable); e.g. pld.k=8")
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--out", default="bench-results", show_default=True, help="output folder")
+@click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
+@click.option("--force", is_flag=True, help="discard an earlier run in --out and start over")
+@click.pass_context
+def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, temperature, seed, repeats, model,
+          draft_model, datastore, adapter, option_pairs, dtype, device, threads, out, resume, force) -> None:
+    """Measure methods against plain decoding: speedup, accepted tokens, exact match, per category."""
+    import shlex
+
+    from rich.console import Console
+
+    from .bench import BenchConfig, BenchSettings, prepare, run_bench
+    from .bench.report import RichProgress, summary_table
+    from .bench.runner import parse_options
+
+    if resume and force:
+        raise QuickdraftError("--resume and --force contradict each other; pick one")
+    options = parse_options(option_pairs)
+    for key, value in (("datastore", datastore), ("adapter", adapter)):
+        if value is not None:
+            options[""][key] = value
+    config = BenchConfig(
+        methods=tuple(_split_list(method_list) or ()), suite=suite, per_category=per_category,
+        categories=None if categories is None else tuple(_split_list(categories)),
+        settings=BenchSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, repeats=repeats),
+        model=model, draft_model=draft_model, dtype=dtype, device=device, threads=threads, options=options,
+        out=Path(out), resume=resume, force=force,
+    )
+    prepared = prepare(config)  # every input error surfaces here, before loading or writing anything
+    given = [p for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+    words = ["quickdraft", "bench"]
+    for p in given:
+        values = ctx.params[p.name] if p.multiple else [ctx.params[p.name]]
+        for v in values:
+            words += [p.opts[0]] if p.is_flag else [p.opts[0], str(v)]
+    progress = RichProgress(Console(stderr=True))
+    try:
+        results = run_bench(prepared, progress=progress, command=shlex.join(w for w in words
+                                                                             if w not in ("--resume", "--force")))
+    finally:
+        progress.stop()
+    Console().print(summary_table(results))
+    click.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'report.md'}, plots in {out}")
+
+
 if __name__ == "__main__":
     main()
