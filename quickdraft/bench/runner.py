@@ -1,0 +1,614 @@
+"""The measurement loop of ``quickdraft bench``: interleaved runs, records.jsonl, resume.
+
+Order of work (``plan``)::
+
+    for repeat in range(repeats):          # --repeats repeats the whole pass
+        for prompt in suite:               # file order
+            for method in [ar, *methods]:  # interleaved: drift hits every method alike
+                answer every turn, append one record to records.jsonl
+
+Every method goes through the same public API: our methods through
+``Engine.prepare`` + ``Engine.run`` (method name and ``options``), the peer
+baselines (``hf-generate``, ``hf-pld``, ``hf-assisted``) through transformers'
+``generate`` on the same model and tokenizer with the same prompt ids. Tokens
+are counted alike: the new tokens after the prompt, up to and including the
+EOS token when one ends the answer. Time is the wall clock around the decode
+call only (the prompt is tokenized before the clock starts).
+
+A record is one line of JSON, appended and flushed as soon as its prompt is
+done, so ``--resume`` continues an interrupted run without redoing or losing a
+finished prompt; a line torn by a kill is dropped on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+
+from ..drafters import get_method, methods as registered_methods
+from ..errors import QuickdraftError
+from .suites import BenchPrompt, Suite
+
+log = logging.getLogger(__name__)
+
+BASELINE = "ar"
+
+# Peer baselines: transformers' own decoding, run in the same process on the same model.
+PEERS: dict[str, str] = {
+    "hf-generate": "transformers generate (plain decoding)",
+    "hf-pld": "transformers prompt lookup (prompt_lookup_num_tokens=10, max_matching_ngram_size=3)",
+    "hf-assisted": "transformers assisted generation with --draft-model (transformers' default settings)",
+}
+HF_PLD_TOKENS = 10  # the same draft length and n-gram size as our `pld`, so the two compare like for like
+HF_PLD_NGRAM = 3
+
+RECORDS = "records.jsonl"
+MANIFEST = "run.json"
+
+Message = dict[str, str]
+
+
+# ------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What every generation of a run shares."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise QuickdraftError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        t = self.temperature
+        if not isinstance(t, (int, float)) or not 0 <= t <= 100:
+            raise QuickdraftError(f"--temperature must be a number in [0, 100] (0 = greedy), got {t!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> list[str]:
+    """The methods to run: ``ar`` first (always, the baseline), then the rest as given, without duplicates.
+
+    Names are registered methods or peer baselines; anything else is an error
+    listing both.
+
+    >>> resolve_methods(["pld", "ar", "pld", "hf-generate"])
+    ['ar', 'pld', 'hf-generate']
+    """
+    out = [BASELINE]
+    for raw in names:
+        name = raw.strip()
+        if not name or name in out:
+            continue
+        if name not in PEERS:
+            try:
+                get_method(name)
+            except QuickdraftError:
+                known = ", ".join([m.name for m in registered_methods()] + list(PEERS))
+                raise QuickdraftError(f"unknown method {name!r}; available: {known}") from None
+        if name == "hf-assisted" and not draft_model:
+            raise QuickdraftError("hf-assisted needs --draft-model")
+        out.append(name)
+    return out
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--option`` values: ``key=value`` for every method, ``method.key=value`` for one method.
+
+    Values are read as JSON where they parse (numbers, true/false, null) and as
+    strings otherwise. Returns ``{"": {shared}, "method": {...}}``.
+
+    >>> parse_options(["k=8", "pld.max_n=4", "datastore=/tmp/ds"])
+    {'': {'k': 8, 'datastore': '/tmp/ds'}, 'pld': {'max_n': 4}}
+    """
+    out: dict[str, dict[str, Any]] = {"": {}}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        method, dot, name = key.rpartition(".")
+        if not sep or not name or (dot and not method):
+            raise QuickdraftError(f"--option expects key=value or method.key=value, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+def options_for(method: str, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Shared options overlaid with the method's own (the method's win)."""
+    return {**options.get("", {}), **options.get(method, {})}
+
+
+# ------------------------------------------------------------------ backends
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One answer and how it was produced. Fields a backend cannot know are None."""
+
+    token_ids: list[int]  # new tokens, EOS included when it ended the answer
+    wall_s: float
+    steps: int | None = None  # target forward passes that produced tokens
+    draft_s: float | None = None
+    verify_s: float | None = None
+    accepted_hist: dict[str, int] | None = None  # accepted draft tokens per step -> count
+    finish_reason: str = "length"
+
+
+class Backend(Protocol):
+    """A way to answer a conversation: one of our methods or a peer baseline."""
+
+    name: str
+    lossless: bool
+
+    def generate(self, messages: list[Message], *, max_new_tokens: int, settings: BenchSettings) -> Generation: ...
+
+
+class EngineMethod:
+    """One of quickdraft's registered methods, through the public engine API."""
+
+    def __init__(self, engine, method: str, options: dict[str, Any] | None = None) -> None:
+        spec = get_method(method)
+        self.engine, self.name, self.lossless = engine, method, spec.lossless
+        self.options = dict(options or {})
+
+    def generate(self, messages: list[Message], *, max_new_tokens: int, settings: BenchSettings) -> Generation:
+        request = self.engine.prepare(messages, method=self.name, max_new_tokens=max_new_tokens,
+                                      temperature=settings.temperature, seed=settings.seed)
+        result = None
+        start = time.perf_counter()
+        for item in self.engine.run(request, options=self.options):
+            result = item
+        wall = time.perf_counter() - start
+        s = result.stats
+        return Generation(
+            token_ids=list(result.token_ids), wall_s=wall, steps=s.steps, draft_s=s.draft_s, verify_s=s.verify_s,
+            accepted_hist={str(k): v for k, v in sorted(s.accepted_hist.items())}, finish_reason=result.finish_reason,
+        )
+
+
+class HFPeer:
+    """transformers ``generate`` on the engine's own model and tokenizer, with the engine's prompt ids.
+
+    ``steps`` counts the target model's forward calls during ``generate`` (a
+    forward pre-hook, removed afterwards): for transformers every such call
+    emits at least one token (assisted generation has no separate prefill), so
+    new tokens / steps is comparable to our ``mean_accepted``. The accepted-length
+    histogram and the draft/verify split are not observable and stay None.
+    """
+
+    def __init__(self, engine, name: str, *, assistant=None, assistant_tokenizer=None) -> None:
+        if name not in PEERS:
+            raise QuickdraftError(f"unknown peer baseline {name!r}; available: {', '.join(PEERS)}")
+        self.engine, self.name, self.lossless = engine, name, True
+        self.extra: dict[str, Any] = {}
+        if name == "hf-pld":
+            self.extra = {"prompt_lookup_num_tokens": HF_PLD_TOKENS, "max_matching_ngram_size": HF_PLD_NGRAM}
+        elif name == "hf-assisted":
+            if assistant is None:
+                raise QuickdraftError("hf-assisted needs --draft-model")
+            self.extra = {"assistant_model": assistant}
+            if assistant_tokenizer is not None:  # different vocabularies: universal assisted generation
+                self.extra.update(tokenizer=engine.tokenizer, assistant_tokenizer=assistant_tokenizer)
+
+    def generate(self, messages: list[Message], *, max_new_tokens: int, settings: BenchSettings) -> Generation:
+        target = self.engine.target
+        prompt_ids = self.engine.prepare(messages, max_new_tokens=max_new_tokens).prompt_ids
+        # The engine stops at the context's end; so must transformers (same counting).
+        room = min(max_new_tokens, target.max_context - len(prompt_ids))
+        eos = sorted(target.eos_ids)
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=target.device)  # [1, P]
+        kwargs: dict[str, Any] = dict(
+            attention_mask=torch.ones_like(ids), max_new_tokens=room, eos_token_id=eos,
+            pad_token_id=self.engine.tokenizer.pad_token_id if self.engine.tokenizer.pad_token_id is not None else eos[0],
+            **self.extra,
+        )
+        if settings.greedy:
+            kwargs["do_sample"] = False
+        else:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
+            torch.manual_seed(settings.seed)
+        with _count_calls(target.model) as calls, torch.inference_mode():
+            _sync(target.device)
+            start = time.perf_counter()
+            out = target.model.generate(ids, **kwargs)  # [1, P + new]
+            _sync(target.device)
+            wall = time.perf_counter() - start
+        new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_ids)
+        finish = "stop" if new and new[-1] in target.eos_ids else "length"
+        return Generation(token_ids=new, wall_s=wall, steps=calls[0], finish_reason=finish)
+
+
+def cut_at_eos(tokens: Sequence[int], eos_ids: frozenset[int] | set[int]) -> list[int]:
+    """Tokens up to and including the first EOS (our engine's counting).
+
+    >>> cut_at_eos([5, 2, 0, 0], {2})
+    [5, 2]
+    """
+    out = []
+    for token in tokens:
+        out.append(int(token))
+        if token in eos_ids:
+            break
+    return out
+
+
+@contextmanager
+def _count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    calls = [0]
+
+    def hook(*_args) -> None:
+        calls[0] += 1
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_backends(engine, names: Sequence[str], *, options: dict[str, dict[str, Any]] | None = None,
+                   draft_model: str | None = None, dtype: str = "auto") -> list[Backend]:
+    """A backend per method name (``resolve_methods`` order). Loads the draft model for hf-assisted."""
+    options = options or {"": {}}
+    assistant = assistant_tokenizer = None
+    if "hf-assisted" in names:
+        from ..models import load_model
+
+        draft = load_model(draft_model, dtype=str(engine.target.dtype).replace("torch.", ""),
+                           device=str(engine.target.device))
+        assistant = draft.model
+        if draft.tokenizer.get_vocab() != engine.tokenizer.get_vocab():
+            assistant_tokenizer = draft.tokenizer
+    backends: list[Backend] = []
+    for name in names:
+        if name in PEERS:
+            backends.append(HFPeer(engine, name, assistant=assistant, assistant_tokenizer=assistant_tokenizer))
+        else:
+            opts = options_for(name, options)
+            if draft_model:
+                opts.setdefault("draft_model", draft_model)
+            backends.append(EngineMethod(engine, name, opts))
+    return backends
+
+
+# ------------------------------------------------------------------ records
+
+
+class RecordLog:
+    """records.jsonl: one JSON line per (repeat, prompt, method), flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def read(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """Every complete record. A torn last line (a kill mid-write) is ignored, and cut off if ``repair``.
+
+        A bad line anywhere else is an error naming its line number.
+        """
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        records, good_end = [], 0
+        lines = data.split(b"\n")
+        for i, line in enumerate(lines):
+            last = i == len(lines) - 1
+            if not line.strip():
+                good_end += len(line) + (0 if last else 1)
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not {"repeat", "prompt_id", "method"} <= set(record):
+                    raise ValueError("not a record")
+            except (ValueError, UnicodeDecodeError):
+                if last:  # torn by an interruption: the prompt is simply not done
+                    break
+                raise QuickdraftError(f"{self.path}:{i + 1}: not a bench record; delete the file to start over") from None
+            if last:  # complete JSON but no newline yet: keep it, and end the line before appending
+                records.append(record)
+                good_end = len(data)
+                if repair:
+                    with open(self.path, "ab") as fh:
+                        fh.write(b"\n")
+                break
+            records.append(record)
+            good_end += len(line) + 1
+        if repair and good_end < len(data):
+            log.warning("%s: dropping an incomplete last line (an interrupted write)", self.path)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(good_end)
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def record_key(record: dict[str, Any]) -> tuple[int, str, str]:
+    return int(record["repeat"]), str(record["prompt_id"]), str(record["method"])
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+class Progress(Protocol):
+    """What the runner reports while it works (the CLI draws a progress bar from it)."""
+
+    def start(self, total: int, done: int) -> None: ...
+
+    def update(self, label: str) -> None: ...
+
+    def advance(self) -> None: ...
+
+
+class Runner:
+    """Runs a suite through backends, interleaved per prompt, appending records to a log."""
+
+    def __init__(self, backends: Sequence[Backend], suite: Suite, settings: BenchSettings, tokenizer) -> None:
+        names = [b.name for b in backends]
+        if not names or names[0] != BASELINE:
+            raise ValueError("the baseline `ar` must be the first backend")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate backends: {names}")
+        self.backends, self.suite, self.settings, self.tokenizer = list(backends), suite, settings, tokenizer
+
+    def plan(self) -> list[tuple[int, str, str]]:
+        """(repeat, prompt id, method) in measurement order."""
+        return [(r, p.id, b.name) for r in range(self.settings.repeats) for p in self.suite.prompts
+                for b in self.backends]
+
+    def warm_up(self, progress: Progress | None = None) -> dict[str, float]:
+        """One short generation per backend before measuring; returns peak RSS (MB) after each."""
+        first = self.suite.prompts[0]
+        rss = {}
+        for backend in self.backends:
+            if progress:
+                progress.update(f"warm-up {backend.name}")
+            backend.generate([{"role": "user", "content": first.turns[0]}],
+                             max_new_tokens=min(16, self.settings.max_new_tokens), settings=self.settings)
+            rss[backend.name] = peak_rss_mb()
+        return rss
+
+    def run(self, log: RecordLog, done: set[tuple[int, str, str]], progress: Progress | None = None) -> None:
+        """Measure every planned (repeat, prompt, method) not in ``done``, appending one record each."""
+        by_id = {p.id: p for p in self.suite.prompts}
+        backends = {b.name: b for b in self.backends}
+        for key in self.plan():
+            if key in done:
+                continue
+            repeat, prompt_id, method = key
+            if progress:
+                progress.update(f"{method} · {by_id[prompt_id].category} #{prompt_id}")
+            record = self.answer(backends[method], by_id[prompt_id], repeat)
+            log.append(record)
+            done.add(key)
+            if progress:
+                progress.advance()
+
+    def answer(self, backend: Backend, prompt: BenchPrompt, repeat: int) -> dict[str, Any]:
+        """Answer every turn of a prompt, each turn seeing this backend's own earlier answers."""
+        messages: list[Message] = []
+        turns = []
+        for text in prompt.turns:
+            messages.append({"role": "user", "content": text})
+            gen = backend.generate(list(messages), max_new_tokens=self.settings.max_new_tokens,
+                                   settings=self.settings)
+            # Every backend's answer is decoded the same way, so equal ids give equal next turns.
+            answer = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+            messages.append({"role": "assistant", "content": answer})
+            turns.append({**asdict(gen), "new_tokens": len(gen.token_ids), "text": answer})
+        return make_record(repeat, prompt, backend.name, turns)
+
+
+def make_record(repeat: int, prompt: BenchPrompt, method: str, turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """One records.jsonl line: the per-turn results and their totals."""
+
+    def total(name: str) -> float | int | None:
+        values = [t[name] for t in turns]
+        return None if any(v is None for v in values) else sum(values)
+
+    hist: dict[str, int] | None = {}
+    for t in turns:
+        if t["accepted_hist"] is None:
+            hist = None
+            break
+        for k, v in t["accepted_hist"].items():
+            hist[k] = hist.get(k, 0) + v
+    return {
+        "repeat": repeat, "prompt_id": prompt.id, "category": prompt.category, "method": method,
+        "new_tokens": total("new_tokens"), "wall_s": round(total("wall_s"), 6), "steps": total("steps"),
+        "draft_s": total("draft_s"), "verify_s": total("verify_s"), "accepted_hist": hist,
+        "rss_mb": peak_rss_mb(), "turns": turns,
+    }
+
+
+# ------------------------------------------------------------------ a whole run
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything ``quickdraft bench`` was asked (the CLI builds one of these)."""
+
+    methods: tuple[str, ...] = (BASELINE,)
+    suite: str = "builtin"
+    per_category: int | None = None
+    categories: tuple[str, ...] | None = None
+    settings: BenchSettings = field(default_factory=BenchSettings)
+    model: str = "smollm2-135m-instruct"
+    draft_model: str | None = None
+    dtype: str = "auto"
+    device: str = "cpu"
+    threads: int | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: Path = Path("bench-results")
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class Prepared:
+    """A validated run, before anything is loaded or written."""
+
+    config: BenchConfig
+    suite: Suite
+    methods: list[str]
+    done: list[dict[str, Any]]  # records already in out/records.jsonl (resume)
+
+
+def prepare(config: BenchConfig) -> Prepared:
+    """Validate a run without loading a model or writing a file: suite, filter, methods, output folder."""
+    from .suites import load_suite
+
+    suite = load_suite(config.suite).select(per_category=config.per_category, categories=config.categories)
+    names = resolve_methods(config.methods, draft_model=config.draft_model)
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise QuickdraftError(f"--out {out} is a file, not a folder")
+    log_ = RecordLog(out / RECORDS)
+    has_run = (out / MANIFEST).exists() or log_.path.exists()
+    done: list[dict[str, Any]] = []
+    if has_run and config.force:
+        pass  # started over in run_bench, once everything has loaded
+    elif has_run and not config.resume:
+        raise QuickdraftError(f"{out} already holds a bench run; pass --resume to continue it, --force to start over, "
+                              f"or choose another --out")
+    elif has_run:
+        manifest = _read_manifest(out / MANIFEST)
+        expected = manifest_for(config, suite, names)
+        diff = [k for k in expected if manifest.get(k) != expected[k]]
+        if diff:
+            raise QuickdraftError(f"cannot resume {out}: the run was started with different {', '.join(diff)}; "
+                                  f"repeat its options or use --force to start over")
+        done = log_.read()
+        planned = {(r, p.id, m) for r in range(config.settings.repeats) for p in suite.prompts for m in names}
+        keys = [record_key(r) for r in done]
+        stray = [k for k in keys if k not in planned]
+        if stray or len(set(keys)) != len(keys):
+            raise QuickdraftError(f"{log_.path} does not match this run (unexpected or repeated records); "
+                                  f"use --force to start over")
+    return Prepared(config=config, suite=suite, methods=names, done=done)
+
+
+def manifest_for(config: BenchConfig, suite: Suite, names: Sequence[str]) -> dict[str, Any]:
+    """What must not change between an interrupted run and its resumption."""
+    return {
+        "model": config.model, "draft_model": config.draft_model, "dtype": config.dtype, "device": config.device,
+        "threads": config.threads, "suite": suite.name, "suite_fingerprint": suite.fingerprint(),
+        "prompts": [p.id for p in suite.prompts], "methods": list(names), "options": config.options,
+        **asdict(config.settings),
+    }
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise QuickdraftError(f"cannot read {path}: {exc}; use --force to start over") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing (a reader never sees half of it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | None = None,
+              progress: Progress | None = None, command: str | None = None) -> dict[str, Any]:
+    """Load, warm up, measure (resuming where records exist), then write results.json, report.md and plots.
+
+    ``engine``/``backends`` may be given (tests, or a caller that already holds
+    a model); otherwise they are built from the config.
+    """
+    from . import report
+
+    config, suite = prepared.config, prepared.suite
+    if engine is None:
+        from ..engine import load
+
+        engine = load(config.model, dtype=config.dtype, device=config.device, threads=config.threads)
+    if backends is None:
+        backends = build_backends(engine, prepared.methods, options=config.options, draft_model=config.draft_model,
+                                  dtype=config.dtype)
+    # Every first turn must fit the model: fail before anything is measured or written.
+    for prompt in suite.prompts:
+        engine.prepare(_probe_messages(prompt), max_new_tokens=config.settings.max_new_tokens)
+    runner = Runner(backends, suite, config.settings, engine.tokenizer)
+    if progress:
+        progress.start(len(runner.plan()), len(prepared.done))
+    rss = runner.warm_up(progress)
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_ = RecordLog(out / RECORDS)
+    if config.force:
+        for name in (RECORDS, MANIFEST):
+            (out / name).unlink(missing_ok=True)
+    done = {record_key(r) for r in log_.read(repair=True)}
+    manifest = manifest_for(config, suite, prepared.methods)
+    if not (out / MANIFEST).exists():
+        write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    runner.run(log_, done, progress)
+
+    info = report.RunInfo(
+        model=engine.model_name, dtype=str(engine.target.dtype).replace("torch.", ""),
+        device=str(engine.target.device), threads=torch.get_num_threads(), suite=suite.name,
+        settings=config.settings, lossless={b.name: b.lossless for b in backends},
+        categories=suite.categories, prompts=len(suite.prompts), options=config.options,
+        draft_model=config.draft_model, warmup_rss_mb=rss, peak_rss_mb=peak_rss_mb(), command=command,
+    )
+    results = report.aggregate(log_.read(), info)
+    report.write_all(out, results)
+    return results
+
+
+def _probe_messages(prompt: BenchPrompt) -> list[Message]:
+    """The first turn, plus a placeholder earlier exchange for multi-turn prompts (checks the chat template)."""
+    if len(prompt.turns) == 1:
+        return [{"role": "user", "content": prompt.turns[0]}]
+    return [{"role": "user", "content": prompt.turns[0]}, {"role": "assistant", "content": "..."},
+            {"role": "user", "content": prompt.turns[1]}]
+
+
+__all__ = [
+    "BASELINE", "PEERS", "Backend", "BenchConfig", "BenchSettings", "EngineMethod", "Generation", "HFPeer",
+    "Prepared", "Progress", "RecordLog", "Runner", "build_backends", "cut_at_eos", "make_record", "options_for",
+    "parse_options", "prepare", "resolve_methods", "run_bench",
+]
