@@ -27,7 +27,7 @@ from .errors import QuickdraftError
 from .models import TargetModel
 from .sampling import SamplingParams, make_generator, target_probs
 from .text import IncrementalText
-from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy
+from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy, verify_tree_sampling
 
 
 @dataclass
@@ -344,9 +344,9 @@ def accept(
         if draft.is_chain:
             return verify_greedy(logits, tokens)
         return verify_tree_greedy(logits, tokens, draft.parents)
-    if not draft.is_chain:
-        raise QuickdraftError("sampling over a draft tree is not supported yet; use temperature 0")
     probs = target_probs(logits, params)
+    if not draft.is_chain:
+        return verify_tree_sampling(probs, tokens, draft.parents, draft.draft_probs, generator)
     return verify_sampling(probs, tokens, draft.draft_probs, generator)
 
 

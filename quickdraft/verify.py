@@ -7,7 +7,7 @@ argmax at the first mismatch under greedy) or the *bonus* token (when every
 drafted token on the path was accepted). A step therefore always emits
 ``accepted + 1`` tokens, so plain decoding (empty draft) emits one per step.
 
-Drafts are chains here. Nodes are numbered as in :mod:`quickdraft.tree`:
+Drafts are chains or trees. Nodes are numbered as in :mod:`quickdraft.tree`:
 node 0 is the *root*, the last committed token (fed to the model but not yet in
 the KV cache); node ``i >= 1`` is draft token ``i - 1``. The target's logits at
 node ``i`` predict the token after node ``i``.
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .sampling import sample
+from .tree import children
 
 
 @dataclass(frozen=True)
@@ -147,3 +148,148 @@ def verify_tree_greedy(target_logits: torch.Tensor, draft_tokens: list[int], par
         node = child
     tokens.append(best[node])
     return Verdict(path=tuple(path), tokens=tuple(tokens))
+
+
+def verify_tree_sampling(
+    target_probs: torch.Tensor,
+    draft_tokens: list[int],
+    parents: tuple[int, ...],
+    draft_probs: torch.Tensor | None,
+    generator: torch.Generator,
+) -> Verdict:
+    """Recursive rejection sampling over a token tree (SpecInfer; Jeon et al. 2024).
+
+    target_probs: [n + 1, V], the target distribution at the root and at every node.
+    parents: see :mod:`quickdraft.tree`; siblings are tried in node order.
+    draft_probs: [n, V] or None. Row ``i - 1`` is the distribution node ``i``'s
+        token was drawn from *given its parent path and its earlier siblings*:
+        for siblings drawn i.i.d. from q it is q for every sibling; for siblings
+        drawn from q without replacement it is q with the earlier siblings'
+        tokens removed and renormalised (see :func:`sample_without_replacement`).
+        None means deterministic drafting: every row is one-hot on the node's
+        token. A one-hot row is always a valid choice, even for a sampled token
+        (it only lowers acceptance), so a drafter may drop its probabilities.
+
+    At the current node (starting at the root) with residual ``r`` (at first the
+    target row of that node), each child with token ``x`` and draft row ``q`` is
+    accepted with probability ``min(1, r[x] / q[x])``; on rejection
+    ``r <- normalise(max(0, r - q))`` (for a one-hot ``q``: ``x`` is removed and
+    ``r`` renormalised, so a duplicated sibling token is never accepted twice).
+    An accepted child becomes the current node with a fresh target row. When
+    every child is rejected, the recovered token is drawn from ``r``; at a leaf,
+    the bonus token is drawn from the leaf's target row. Each round emits a
+    token with exactly the distribution ``r`` it started from (speculative
+    sampling), whatever the draft proposed, so the emitted tokens follow the
+    target distribution exactly.
+
+    On a chain with the same generator state it draws the same random numbers
+    and returns the same verdict as :func:`verify_sampling`.
+
+    >>> probs = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> g = torch.Generator().manual_seed(0)
+    >>> verify_tree_sampling(probs, [0, 1, 2], (0, 0, 2), None, g)  # node 1 ("0") has target prob 0
+    Verdict(path=(2, 3), tokens=(1, 2, 0))
+    """
+    n = len(draft_tokens)
+    assert target_probs.dim() == 2 and target_probs.shape[0] == n + 1, (
+        f"need {n + 1} prob rows, got {tuple(target_probs.shape)}"
+    )
+    assert len(parents) == n, f"need {n} parents, got {len(parents)}"
+    if draft_probs is not None:
+        assert draft_probs.shape == (n, target_probs.shape[1]), (
+            f"draft_probs must be [{n}, {target_probs.shape[1]}], got {tuple(draft_probs.shape)}"
+        )
+    kids = children(parents)
+    path: list[int] = []
+    tokens: list[int] = []
+    node = 0
+    while True:
+        if not kids[node]:  # a leaf: everything on the path was accepted; bonus token
+            tokens.append(sample(target_probs[node], generator))
+            return Verdict(path=tuple(path), tokens=tuple(tokens))
+        if draft_probs is None:
+            child, recovered = _siblings_one_hot(target_probs[node], kids[node], draft_tokens, generator)
+        else:
+            child, recovered = _siblings_sampled(target_probs[node], kids[node], draft_tokens, draft_probs, generator)
+        if child is None:
+            tokens.append(recovered)
+            return Verdict(path=tuple(path), tokens=tuple(tokens))
+        path.append(child)
+        tokens.append(draft_tokens[child - 1])
+        node = child
+
+
+def _siblings_one_hot(
+    target_row: torch.Tensor, kids: list[int], draft_tokens: list[int], generator: torch.Generator
+) -> tuple[int | None, int]:
+    """One round over deterministic siblings: (accepted child, -1) or (None, recovered token).
+
+    target_row: [V]. The residual after removing tokens R is the target with R
+    zeroed, renormalised; a sibling ``x`` not in R is accepted with probability
+    ``target[x] / (1 - target[R])``. Only the removed mass is tracked, so a
+    round costs O(siblings) until a token has to be drawn.
+    """
+    removed: list[int] = []
+    removed_mass = 0.0
+    for child in kids:
+        token = draft_tokens[child - 1]
+        if token in removed:
+            continue  # already rejected: the residual gives it probability 0
+        p = float(target_row[token])
+        remaining = 1.0 - removed_mass
+        if remaining > 0 and torch.rand((), generator=generator).item() * remaining < p:
+            return child, -1
+        removed.append(token)
+        removed_mass += p
+    residual = target_row.clone()
+    residual[removed] = 0.0
+    total = float(residual.sum())
+    if total <= 0.0:  # only by rounding: the rejected tokens held all the mass
+        return None, sample(target_row, generator)
+    return None, sample(residual / total, generator)
+
+
+def _siblings_sampled(
+    target_row: torch.Tensor, kids: list[int], draft_tokens: list[int], draft_probs: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[int | None, int]:
+    """One round over siblings with draft distributions: (accepted child, -1) or (None, recovered token)."""
+    residual = target_row
+    for child in kids:
+        token = draft_tokens[child - 1]
+        draft_row = draft_probs[child - 1]  # [V]
+        p_target = float(residual[token])
+        p_draft = float(draft_row[token])
+        if p_draft > 0 and torch.rand((), generator=generator).item() * p_draft < p_target:
+            return child, -1
+        residual = residual_distribution(residual, draft_row, token)
+    return None, sample(residual, generator)
+
+
+def sample_without_replacement(
+    draft_row: torch.Tensor, count: int, generator: torch.Generator
+) -> tuple[list[int], torch.Tensor]:
+    """Draw ``count`` distinct tokens from draft_row: [V], one after another.
+
+    Returns the tokens and their per-sibling draft distributions [count, V]:
+    row j is ``draft_row`` with the first j tokens removed and renormalised,
+    which is what :func:`verify_tree_sampling` needs for siblings drawn this way.
+
+    >>> toks, rows = sample_without_replacement(torch.tensor([0.5, 0.5, 0.0]), 2, torch.Generator().manual_seed(0))
+    >>> sorted(toks), rows[1, toks[0]].item()
+    ([0, 1], 0.0)
+    """
+    rows = []
+    tokens: list[int] = []
+    row = draft_row.clone()
+    for _ in range(count):
+        total = float(row.sum())
+        if total <= 0:
+            break
+        row = row / total
+        rows.append(row)
+        token = sample(row, generator)
+        tokens.append(token)
+        row = row.clone()
+        row[token] = 0.0
+    return tokens, torch.stack(rows) if rows else draft_row.new_zeros(0, draft_row.shape[-1])
