@@ -1,0 +1,348 @@
+"""Hardware-aware draft size: how verify latency grows with tree nodes, and the node budget to use.
+
+Wide verification is nearly free on some machines (bfloat16 on a CPU with
+native bf16: 8 tokens cost about what 1 costs) and expensive on others, so the
+best tree size depends on the machine, as in parallel prompt decoding. This
+module
+
+* measures, once per model, dtype, thread count and machine, how long one
+  target forward pass takes for a draft of n nodes (plus the root), and caches
+  the profile as JSON under ``models.cache_dir() / "profiles"``
+  (:func:`load_or_measure`, lazy: only a tree drafter asking for a budget
+  triggers it; a couple of seconds for the embedded model);
+* chooses the node budget that maximises expected emitted tokens per second,
+  ``(1 + accepted(n)) / latency(n)`` (:func:`choose_node_budget`, pure), from a
+  prior (:func:`node_budget`) or from running acceptance statistics
+  (:class:`AdaptiveNodeBudget`).
+
+Counting: ``nodes`` is the number of draft nodes; a verify pass feeds
+``nodes + 1`` tokens (the root too). ``latency(0)`` is a plain decoding step.
+
+>>> profile = LatencyProfile(key=None, nodes=(0, 8, 64), seconds=(0.020, 0.022, 0.050))
+>>> round(profile.latency(4), 4), round(profile.latency(128), 4)
+(0.021, 0.082)
+>>> choose_node_budget(profile.latency, [0.0, 0.6, 0.9, 1.1, 1.3, 1.4, 1.5, 1.55, 1.6], candidates=(1, 2, 4, 8))
+8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
+CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # node budgets to choose among
+PROFILE_VERSION = 1
+
+
+# ------------------------------------------------------------------ the profile
+
+
+@dataclass(frozen=True)
+class ProfileKey:
+    """What a latency profile depends on. ``architecture`` hashes the model's shape."""
+
+    model: str
+    architecture: str
+    dtype: str
+    threads: int
+    machine: str
+    torch: str
+
+    def filename(self) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)[:60]
+        return f"{slug}-{self.dtype}-t{self.threads}-{digest}.json"
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Seconds of one verify pass per draft size: ``seconds[i]`` for ``nodes[i]`` draft nodes.
+
+    nodes: increasing draft sizes (0 = the root alone, a plain decoding step).
+    """
+
+    key: ProfileKey | None
+    nodes: tuple[int, ...]
+    seconds: tuple[float, ...]
+    quiet: bool = True  # measured on an otherwise idle machine (else re-measured when it is)
+
+    def __post_init__(self) -> None:
+        assert len(self.nodes) == len(self.seconds) >= 2, "need at least two measured sizes"
+        assert all(a < b for a, b in zip(self.nodes, self.nodes[1:])), "nodes must increase"
+        assert all(s > 0 for s in self.seconds), "latencies must be positive"
+
+    def latency(self, nodes: int) -> float:
+        """Seconds for a draft of ``nodes`` nodes: piecewise linear, extrapolated past the ends."""
+        xs, ys = self.nodes, self.seconds
+        i = 1
+        while i < len(xs) - 1 and xs[i] < nodes:
+            i += 1
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        value = y0 + (y1 - y0) * (nodes - x0) / (x1 - x0)
+        return max(value, min(ys))  # never below the fastest measurement
+
+    def to_json(self) -> dict:
+        return {"version": PROFILE_VERSION, "key": asdict(self.key) if self.key else None,
+                "nodes": list(self.nodes), "seconds": list(self.seconds), "quiet": self.quiet}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LatencyProfile:
+        if data.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {data.get('version')!r}, expected {PROFILE_VERSION}")
+        key = ProfileKey(**data["key"]) if data.get("key") else None
+        return cls(key=key, nodes=tuple(int(n) for n in data["nodes"]),
+                   seconds=tuple(float(s) for s in data["seconds"]), quiet=bool(data.get("quiet", True)))
+
+
+def machine_name(device: torch.device | str = "cpu") -> str:
+    """The processor that runs the model: the GPU's name, else the CPU model and core count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{cpu} x{os.cpu_count()}"
+
+
+def profile_key(target) -> ProfileKey:
+    """The cache key of a :class:`~quickdraft.models.TargetModel` on this machine, now."""
+    config = target.config
+    shape = {name: getattr(config, name, None) for name in (
+        "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "vocab_size")}
+    architecture = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return ProfileKey(
+        model=str(target.name), architecture=architecture, dtype=str(target.dtype).replace("torch.", ""),
+        threads=torch.get_num_threads(), machine=machine_name(target.device), torch=torch.__version__,
+    )
+
+
+def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, context: int = 128,
+                    budget_s: float = 2.0, max_rounds: int = 5) -> LatencyProfile:
+    """Time verify passes of tree drafts of each size on this machine.
+
+    A ``context``-token prefix is prefilled once; then rounds of one forward
+    per size (interleaved, so a busy spell hits every size alike) run until
+    ``budget_s`` is spent (at least one round). Each size keeps its fastest
+    time: the machine's cost, not the noise of other processes. Drafts are
+    binary trees, so the tree attention path is what is timed. The profile is
+    marked not ``quiet`` when other processes kept the CPU busy.
+    """
+    quiet = machine_is_quiet(target.device)
+    nodes = sorted({int(n) for n in nodes if 0 <= n < target.max_context - 2})
+    context = max(1, min(context, target.max_context - max(nodes) - 2))
+    vocab = int(target.vocab_size)
+    prefix = [(7 + 13 * i) % vocab for i in range(context)]
+    cache = target.new_cache()
+    target.forward(prefix, cache)
+    base = len(cache)
+
+    def one_pass(n: int) -> float:
+        tokens = [(11 + 17 * i) % vocab for i in range(n + 1)]
+        parents = tuple((i + 1) // 2 for i in range(n))  # node i + 1 under node (i + 1) // 2: a binary tree
+        start = time.perf_counter()
+        target.forward(tokens, cache, parents)
+        elapsed = time.perf_counter() - start
+        cache.truncate(base)
+        return elapsed
+
+    one_pass(nodes[-1])  # warm-up: allocations, kernels, caches
+    one_pass(nodes[0])
+    best = {n: math.inf for n in nodes}
+    deadline = time.perf_counter() + budget_s
+    for _ in range(max_rounds):
+        for n in nodes:
+            best[n] = min(best[n], one_pass(n))
+        if time.perf_counter() >= deadline:
+            break
+    return LatencyProfile(key=profile_key(target), nodes=tuple(nodes), seconds=tuple(best[n] for n in nodes),
+                          quiet=quiet and machine_is_quiet(target.device))
+
+
+def machine_is_quiet(device: torch.device | str = "cpu") -> bool:
+    """False when other work loads the CPU (1-minute load above the core count plus our own run)."""
+    if torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+        return True
+    return os.getloadavg()[0] <= (os.cpu_count() or 1) + 1.0
+
+
+def profiles_dir() -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / "profiles"
+
+
+def load_or_measure(target, *, directory: Path | None = None, refresh: bool = False) -> LatencyProfile:
+    """The cached profile of ``target`` on this machine, measured and saved on first use.
+
+    A profile measured while the machine was busy is used until a later call
+    finds the machine quiet, which measures it again.
+    """
+    key = profile_key(target)
+    path = (directory or profiles_dir()) / key.filename()
+    if path.is_file() and not refresh:
+        try:
+            profile = LatencyProfile.from_json(json.loads(path.read_text()))
+            if profile.key == key and (profile.quiet or not machine_is_quiet(target.device)):
+                return profile
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            log.warning("ignoring unreadable latency profile %s: %s", path, exc)
+    log.info("measuring verify latency of %s (%s, %d threads) once for this machine", key.model, key.dtype,
+             key.threads)
+    profile = measure_latency(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
+        json.dump(profile.to_json(), out, indent=1)
+    os.replace(out.name, path)
+    return profile
+
+
+# ------------------------------------------------------------------ choosing a size
+
+
+def prior_expected_accepted(nodes: int) -> float:
+    """Accepted draft tokens expected from a ``nodes``-node draft before any statistics.
+
+    Half a token per doubling of the tree (0.5 at 1 node, 2 at 15, 3 at 63):
+    a cautious, diminishing-returns guess that running statistics replace.
+    """
+    return 0.5 * math.log2(1 + nodes)
+
+
+def choose_node_budget(latency: Callable[[int], float], expected_accepted: Sequence[float],
+                       candidates: Sequence[int] = CANDIDATES) -> int:
+    """The candidate draft size with the most expected emitted tokens per second.
+
+    latency(n): seconds of a verify pass with n draft nodes.
+    expected_accepted[n]: expected accepted draft tokens with n nodes (index 0..N);
+        candidates beyond the list are skipped. Each pass also emits one
+        recovered or bonus token, hence ``(1 + accepted) / latency``. Ties go
+        to the smaller size.
+
+    >>> flat = lambda n: 1.0                      # free verification: the biggest tree
+    >>> choose_node_budget(flat, [0, 1, 1.5, 1.8, 2.0], candidates=(1, 2, 4))
+    4
+    >>> steep = lambda n: 1.0 + n                 # every node costs a full pass
+    >>> choose_node_budget(steep, [0, 1, 1.5, 1.8, 2.0], candidates=(1, 2, 4))
+    1
+    """
+    best, best_rate = None, -math.inf
+    for n in sorted(candidates):
+        if n >= len(expected_accepted):
+            continue
+        rate = (1.0 + expected_accepted[n]) / latency(n)
+        if rate > best_rate * (1 + 1e-9):
+            best, best_rate = n, rate
+    if best is None:
+        raise ValueError(f"no candidate in {list(candidates)} has an acceptance estimate")
+    return best
+
+
+def node_budget(target, *, default: int = 16, max_nodes: int = 64) -> int:
+    """A node budget for tree drafts on this machine, from the latency profile and the prior.
+
+    Measures the profile on first use (cached per model, dtype, threads and
+    machine). ``default`` is returned for a target that cannot be profiled
+    (None, or an object without ``forward``/``new_cache``, as in unit tests).
+    """
+    if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
+        return default
+    profile = load_or_measure(target)
+    prior = [prior_expected_accepted(n) for n in range(max_nodes + 1)]
+    return choose_node_budget(profile.latency, prior, [c for c in CANDIDATES if c <= max_nodes])
+
+
+def accepted_within(path: Sequence[int], nodes: int) -> int:
+    """Accepted tokens had the draft been cut to its first ``nodes`` nodes.
+
+    Valid for drafts built in priority order (their first m nodes are the
+    draft they would make with budget m) and greedy acceptance, where the
+    accepted path of the cut tree is the prefix of ``path`` inside it.
+
+    >>> accepted_within((2, 5, 9), 6)
+    2
+    """
+    count = 0
+    for node in path:
+        if node > nodes:
+            break
+        count += 1
+    return count
+
+
+class AdaptiveNodeBudget:
+    """The node budget for the next draft, from a latency profile and running acceptance.
+
+    Keeps, for every size m up to ``max(candidates)``, a running mean of the
+    tokens that would have been accepted from the first m nodes of each
+    verified draft (:func:`accepted_within`), starting from the prior. Every
+    ``probe_every`` steps it proposes the next larger candidate, so the
+    estimates above the current choice stay fresh. Lives in a drafter, so it
+    carries across the requests of an engine.
+
+    >>> budget = AdaptiveNodeBudget(lambda n: 1.0 + n / 8, candidates=(1, 2, 4, 8))
+    >>> for _ in range(50):
+    ...     budget.record(budget.next_budget(), path=(1, 2, 3))   # the first 3 nodes always accepted
+    >>> budget.choice()
+    4
+    """
+
+    def __init__(self, latency: Callable[[int], float], *, candidates: Sequence[int] = CANDIDATES,
+                 prior: Callable[[int], float] = prior_expected_accepted, prior_weight: float = 4.0,
+                 min_rate: float = 0.02, probe_every: int = 8) -> None:
+        self.latency = latency
+        self.candidates = tuple(sorted(candidates))
+        size = self.candidates[-1] + 1
+        self.expected = [prior(m) for m in range(size)]  # expected accepted with the first m nodes
+        self._weight = [prior_weight] * size
+        self.min_rate = min_rate
+        self.probe_every = probe_every
+        self.steps = 0
+
+    def choice(self) -> int:
+        """The best candidate on current estimates."""
+        return choose_node_budget(self.latency, self.expected, self.candidates)
+
+    def next_budget(self) -> int:
+        """The budget for the next draft: the choice, or one size up on a probe step."""
+        best = self.choice()
+        if self.probe_every and self.steps % self.probe_every == self.probe_every - 1:
+            larger = [c for c in self.candidates if c > best]
+            return larger[0] if larger else best
+        return best
+
+    def record(self, budget: int, path: Sequence[int]) -> None:
+        """One verified draft made under ``budget`` nodes, with accepted node path ``path``."""
+        self.steps += 1
+        for m in range(min(budget, len(self.expected) - 1) + 1):
+            self._weight[m] += 1.0
+            rate = max(1.0 / self._weight[m], self.min_rate)
+            self.expected[m] += rate * (accepted_within(path, m) - self.expected[m])
+
+
+__all__ = [
+    "AdaptiveNodeBudget", "CANDIDATES", "LatencyProfile", "PROFILE_NODES", "ProfileKey", "accepted_within",
+    "choose_node_budget", "load_or_measure", "machine_is_quiet", "machine_name", "measure_latency", "node_budget",
+    "prior_expected_accepted", "profile_key", "profiles_dir",
+]

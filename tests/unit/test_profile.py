@@ -1,0 +1,115 @@
+"""Hardware-aware node budgets: the pure choice on synthetic profiles, the profile cache, the adaptive budget."""
+
+import json
+import math
+
+import pytest
+
+from quickdraft.profile import (
+    AdaptiveNodeBudget, LatencyProfile, accepted_within, choose_node_budget, load_or_measure, measure_latency,
+    node_budget, prior_expected_accepted, profile_key,
+)
+
+# Shapes like the ones measured on this CPU (docs: ../shared/MODELS.md), in seconds per verify pass.
+BF16 = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.021, 0.022, 0.023, 0.027, 0.035, 0.050))
+FP32 = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.040, 0.056, 0.053, 0.064, 0.087, 0.140))
+PRIOR = [prior_expected_accepted(n) for n in range(65)]
+
+
+def test_cheap_wide_verification_gets_a_bigger_tree():
+    wide = choose_node_budget(BF16.latency, PRIOR)
+    narrow = choose_node_budget(FP32.latency, PRIOR)
+    assert wide > narrow
+    assert wide == 16 and narrow == 8
+
+
+def test_the_choice_maximises_tokens_per_second():
+    expected = [min(n, 5) * 0.4 for n in range(65)]
+    best = choose_node_budget(BF16.latency, expected)
+    rates = {n: (1 + expected[n]) / BF16.latency(n) for n in (1, 2, 4, 8, 16, 32, 64)}
+    assert rates[best] == max(rates.values())
+
+
+def test_flat_latency_takes_the_largest_and_ties_take_the_smallest():
+    flat = lambda n: 1.0  # noqa: E731
+    assert choose_node_budget(flat, PRIOR) == 64
+    assert choose_node_budget(flat, [0.0] * 65) == 1  # nothing is ever accepted: all equal, smallest wins
+
+
+def test_every_node_costing_a_pass_makes_one_node_best():
+    assert choose_node_budget(lambda n: 1.0 + n, PRIOR) == 1
+
+
+def test_candidates_without_estimates_are_skipped():
+    assert choose_node_budget(lambda n: 1.0, [0, 1, 2, 3, 4], candidates=(2, 4, 8, 16)) == 4
+    with pytest.raises(ValueError):
+        choose_node_budget(lambda n: 1.0, [0, 1], candidates=(4, 8))
+
+
+def test_profile_interpolates_and_extrapolates():
+    p = LatencyProfile(key=None, nodes=(0, 8, 16), seconds=(1.0, 2.0, 4.0))
+    assert p.latency(0) == 1.0 and p.latency(4) == pytest.approx(1.5) and p.latency(12) == pytest.approx(3.0)
+    assert p.latency(32) == pytest.approx(8.0)  # the last slope continues
+    dip = LatencyProfile(key=None, nodes=(0, 8), seconds=(2.0, 1.0))
+    assert dip.latency(100) == 1.0  # never below the fastest measurement
+
+
+def test_profile_json_round_trip_and_version_check():
+    p = LatencyProfile(key=None, nodes=(0, 1), seconds=(0.5, 0.6), quiet=False)
+    assert LatencyProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
+    with pytest.raises(ValueError):
+        LatencyProfile.from_json({**p.to_json(), "version": 0})
+
+
+def test_accepted_within_counts_the_path_prefix_inside_the_cut():
+    assert [accepted_within((1, 3, 6), m) for m in range(8)] == [0, 1, 1, 2, 2, 2, 3, 3]
+    assert accepted_within((), 10) == 0
+
+
+def test_adaptive_budget_grows_when_deep_trees_pay_off():
+    budget = AdaptiveNodeBudget(BF16.latency)
+    for _ in range(200):
+        n = budget.next_budget()
+        budget.record(n, path=tuple(range(1, min(n, 12) + 1)))  # the first 12 nodes are always right
+    assert budget.choice() >= 16
+
+
+def test_adaptive_budget_shrinks_when_nothing_is_accepted():
+    budget = AdaptiveNodeBudget(FP32.latency)
+    start = budget.choice()
+    for _ in range(200):
+        budget.record(budget.next_budget(), path=())
+    assert budget.choice() == 1 < start
+
+
+def test_adaptive_budget_probes_one_size_up():
+    budget = AdaptiveNodeBudget(lambda n: 1.0 + n, probe_every=4)  # steep: the choice is 1
+    sizes = []
+    for _ in range(8):
+        sizes.append(budget.next_budget())
+        budget.record(sizes[-1], path=())
+    assert sizes == [1, 1, 1, 2, 1, 1, 1, 2]
+
+
+def test_node_budget_without_a_model_is_the_default():
+    assert node_budget(None, default=7) == 7
+
+
+def test_profile_cache_is_read_back_and_keyed(tiny_engine, tmp_path):
+    target = tiny_engine.target
+    key = profile_key(target)
+    stored = LatencyProfile(key=key, nodes=(0, 64), seconds=(1.0, 1.0))
+    (tmp_path / key.filename()).write_text(json.dumps(stored.to_json()))
+    assert load_or_measure(target, directory=tmp_path) == stored  # a cached, quiet profile is used as is
+    # a file whose key does not match (another machine, say) is measured again and replaced
+    other = LatencyProfile(key=key.__class__(**{**key.__dict__, "machine": "elsewhere"}), nodes=(0, 64),
+                           seconds=(1.0, 1.0))
+    (tmp_path / key.filename()).write_text(json.dumps(other.to_json()))
+    measured = load_or_measure(target, directory=tmp_path)
+    assert measured.key == key and measured.nodes == (0, 1, 2, 4, 8, 16, 32, 64)
+    assert LatencyProfile.from_json(json.loads((tmp_path / key.filename()).read_text())) == measured
+
+
+def test_measure_latency_times_every_size(tiny_engine):
+    p = measure_latency(tiny_engine.target, nodes=(0, 3, 9), budget_s=0.0)
+    assert p.nodes == (0, 3, 9) and all(s > 0 and math.isfinite(s) for s in p.seconds)
