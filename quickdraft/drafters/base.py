@@ -32,12 +32,15 @@ class DraftContext:
         ``max_new_tokens``).
     params: the request's sampling parameters (None: greedy), for drafters
         that sample their drafts from a shaped distribution of their own.
+    nodes: the most draft nodes wanted this step (a combining drafter passes
+        what is left of its tree's budget); None: the drafter chooses.
     """
 
     tokens: np.ndarray
     prompt_len: int
     budget: int
     params: SamplingParams | None = None
+    nodes: int | None = None
 
 
 @dataclass(frozen=True)
