@@ -571,9 +571,10 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
     for prompt in suite.prompts:
         engine.prepare(_probe_messages(prompt), max_new_tokens=config.settings.max_new_tokens)
     runner = Runner(backends, suite, config.settings, engine.tokenizer)
+    already = 0 if config.force else len(prepared.done)
     if progress:
-        progress.start(len(runner.plan()), len(prepared.done))
-    rss = runner.warm_up(progress)
+        progress.start(len(runner.plan()), already)
+    rss = runner.warm_up(progress) if already < len(runner.plan()) else {}
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
