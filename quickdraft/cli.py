@@ -227,5 +227,51 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
     click.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'report.md'}, plots in {out}")
 
 
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
+@click.option("--method", default=None, help="default decoding method; requests may pick another with "
+                                              "\"method\"  [default: auto when available, else pld]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (loopback by default)")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", envvar="QUICKDRAFT_API_KEY", default=None, show_envvar=True,
+              help="require 'Authorization: Bearer KEY' on /v1 and /metrics")
+@click.option("--max-concurrency", type=int, default=1, show_default=True,
+              help="generations run at the same time (engines sharing the weights)")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="requests that may wait; beyond it the server answers 429")
+@click.option("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted [default: the context]")
+@click.option("--max-tokens-limit", type=int, default=4096, show_default=True,
+              help="largest max_tokens a request may ask for")
+@click.option("--default-max-tokens", type=int, default=256, show_default=True,
+              help="max_tokens of a request that gives none")
+@click.option("--option", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
+              help="drafter option for every method, or for one method (repeatable); e.g. pld.k=8")
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
+          default_max_tokens, option_pairs, dtype, threads, log_level) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
+    from .bench.runner import parse_options
+    from .engine import load
+    from .server import ServerConfig, default_method
+    from .server import serve as run_server
+
+    options = parse_options(option_pairs)
+    config = ServerConfig(  # every input error surfaces here, before loading the model
+        default_method=method or default_method(), api_key=api_key, max_queue=max_queue,
+        max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
+        default_max_tokens=default_max_tokens, model_aliases=(model,), options=options,
+    )
+    if max_concurrency <= 0:
+        raise QuickdraftError(f"--max-concurrency must be positive, got {max_concurrency}")
+    engine = load(model, dtype=dtype, threads=threads)
+    engine.drafter(config.default_method, config.options_for(config.default_method))  # bad options fail now
+    click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
+               f"{config.default_method} on http://{host}:{port}/v1", err=True)
+    run_server(engine, config, host=host, port=port, max_concurrency=max_concurrency, log_level=log_level)
+
+
 if __name__ == "__main__":
     main()

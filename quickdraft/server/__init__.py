@@ -1,0 +1,41 @@
+"""``quickdraft serve``: an OpenAI-compatible HTTP server over the engine.
+
+    >>> from quickdraft import load                                  # doctest: +SKIP
+    >>> from quickdraft.server import ServerConfig, serve            # doctest: +SKIP
+    >>> serve(load("smollm2-135m-instruct"), ServerConfig(), port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from ..engine import Engine
+from ..errors import QuickdraftError
+from .app import ServerConfig, create_app, default_method
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
+          max_concurrency: int = 1, log_level: str = "info") -> None:
+    """Serve ``engine`` until interrupted.
+
+    max_concurrency: generations run at the same time, each on its own engine
+    sharing the loaded weights (on a CPU with few cores, 1 is fastest overall;
+    more requests wait in the queue).
+    """
+    import logging
+
+    import uvicorn
+
+    if max_concurrency <= 0:
+        raise QuickdraftError(f"max_concurrency must be positive, got {max_concurrency}")
+    if not 0 <= port <= 65535:
+        raise QuickdraftError(f"port must be in 0..65535, got {port}")
+    if host not in LOOPBACK and config.api_key is None:
+        logging.getLogger(__name__).warning(
+            "serving on %s without an API key: anyone who can reach this address can use the model", host)
+    engines = [engine, *(Engine(engine.target) for _ in range(max_concurrency - 1))]
+    uvicorn.run(create_app(engines, config), host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=5)
+
+
+__all__ = ["ServerConfig", "create_app", "default_method", "serve"]

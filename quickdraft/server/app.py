@@ -1,0 +1,327 @@
+"""The HTTP layer: an OpenAI-compatible FastAPI app over quickdraft engines.
+
+Request path: authorize -> read and validate the body (4xx on bad input) ->
+``Engine.prepare`` (tokenize, check limits) -> queue a :class:`Job` -> a
+worker runs ``Engine.run`` -> pieces come back as JSON or server-sent events.
+A watcher task cancels the job when the client disconnects, which drops it
+from the queue or stops its generation and frees the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..drafters import get_method, methods
+from ..engine import Engine, GenerationResult
+from ..errors import QuickdraftError
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, GenerationFields, Reply, decode_body, \
+    parse_request, sse
+from .scheduler import Job, Scheduler, ServerBusy
+
+log = logging.getLogger(__name__)
+
+CLIENT_GONE = 499  # the status we count for a client that disconnected (nginx's convention)
+
+
+def default_method() -> str:
+    """``auto`` once such a method is registered, else prompt lookup."""
+    return "auto" if any(spec.name == "auto" for spec in methods()) else "pld"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and defaults of one server.
+
+    max_queue: requests that may wait for an engine; beyond it, 429.
+    max_prompt_tokens: longest prompt accepted (None: the model's context).
+    max_tokens_limit: largest ``max_tokens`` a request may ask for.
+    default_max_tokens: ``max_tokens`` when a request gives none.
+    model_aliases: other names clients may use for the model (besides the engine's name).
+    options: drafter options, ``{"": {for every method}, "pld": {"k": 8}, ...}`` (a method's own win).
+    """
+
+    default_method: str = "pld"
+    api_key: str | None = None
+    max_queue: int = 64
+    max_prompt_tokens: int | None = None
+    max_tokens_limit: int = 4096
+    default_max_tokens: int = 256
+    max_body_bytes: int = 4 << 20
+    model_aliases: tuple[str, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_method(self.default_method)
+        for name in ("max_tokens_limit", "default_max_tokens", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                raise QuickdraftError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise QuickdraftError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
+            raise QuickdraftError(f"max_prompt_tokens must be positive, got {self.max_prompt_tokens}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise QuickdraftError("the API key is empty")
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        return {**self.options.get("", {}), **self.options.get(method, {})}
+
+
+def create_app(engines: Sequence[Engine], config: ServerConfig) -> FastAPI:
+    """The ASGI app serving ``engines`` (one generation at a time on each; they must share one model)."""
+    return Server(engines, config).app
+
+
+class _Outcome:
+    """Counts one generation request's status exactly once (the first report wins)."""
+
+    def __init__(self, metrics: ServerMetrics, endpoint: str, method: str) -> None:
+        self.metrics, self.endpoint, self.method = metrics, endpoint, method
+        self.status: int | None = None
+
+    def record(self, status: int) -> None:
+        if self.status is None:
+            self.status = status
+            self.metrics.request(self.endpoint, self.method, status)
+
+
+class Server:
+    """The app's state: engines behind a scheduler, metrics, config."""
+
+    def __init__(self, engines: Sequence[Engine], config: ServerConfig) -> None:
+        if not engines:
+            raise ValueError("the server needs at least one engine")
+        self.engine = engines[0]  # for prepare() (tokenizer and limits only) and the model's name
+        self.config = config
+        self.model_names = {self.engine.model_name, *config.model_aliases}
+        self.metrics = ServerMetrics(queue=lambda: (self.scheduler.waiting, self.scheduler.running))
+        self.scheduler = Scheduler(engines, max_queue=config.max_queue, observer=self.metrics)
+        self.started = int(time.time())
+        self._watchers: set[asyncio.Task] = set()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------- app
+
+    def _build_app(self) -> FastAPI:
+        @asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            self.scheduler.start()
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(self.scheduler.stop)
+
+        app = FastAPI(title="quickdraft", summary="OpenAI-compatible server with lossless speculative decoding",
+                      lifespan=lifespan)
+        auth = [Depends(self._authorize)]
+        app.add_api_route("/health", self.health, methods=["GET"])
+        app.add_api_route("/metrics", self.metrics_page, methods=["GET"], dependencies=auth)
+        app.add_api_route("/v1/models", self.models, methods=["GET"], dependencies=auth)
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], dependencies=auth)
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"], dependencies=auth)
+        app.add_exception_handler(ApiError, self._api_error)
+        app.add_exception_handler(StarletteHTTPException, self._http_error)
+        app.add_exception_handler(Exception, self._internal_error)
+        return app
+
+    async def _authorize(self, request: Request) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _api_error(self, request: Request, exc: ApiError) -> JSONResponse:
+        if request.url.path in ("/v1/chat/completions", "/v1/completions"):
+            outcome = getattr(request.state, "outcome", None) or _Outcome(self.metrics, request.url.path, "")
+            outcome.record(exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def _http_error(self, request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+        return JSONResponse(ApiError(exc.status_code, str(message)).body(), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def _internal_error(self, request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s", request.url.path, exc_info=exc)
+        return await self._api_error(request, ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+    # ------------------------------------------------------- endpoints
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.engine.model_name, "default_method": self.config.default_method,
+                "methods": [spec.name for spec in methods()], "running": self.scheduler.running,
+                "waiting": self.scheduler.waiting}
+
+    async def metrics_page(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "created": self.started,
+                                            "owned_by": "quickdraft"}]}
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = parse_request(ChatCompletionRequest, await self._read_json(request))
+        if body.max_completion_tokens is not None and body.max_tokens not in (None, body.max_completion_tokens):
+            raise ApiError(400, "max_tokens and max_completion_tokens differ; give one", param="max_tokens")
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        return await self._generate(request, body, body.chat_messages(), chat=True, max_tokens=max_tokens)
+
+    async def completions(self, request: Request) -> Response:
+        body = parse_request(CompletionRequest, await self._read_json(request))
+        return await self._generate(request, body, body.prompt, chat=False, max_tokens=body.max_tokens)
+
+    # ------------------------------------------------------ generation
+
+    async def _read_json(self, request: Request) -> Any:
+        limit = self.config.max_body_bytes
+        too_big = ApiError(413, f"the request body is larger than {limit} bytes")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        return decode_body(b"".join(chunks))
+
+    def _check_request(self, body: GenerationFields, max_tokens: int | None) -> int:
+        if body.model is not None and body.model not in self.model_names:
+            raise ApiError(404, f"model {body.model!r} is not served here; this server has {self.engine.model_name!r}",
+                           param="model", code="model_not_found")
+        if max_tokens is None:
+            return min(self.config.default_max_tokens, self.config.max_tokens_limit)
+        if max_tokens <= 0:
+            raise ApiError(400, f"max_tokens must be a positive integer, got {max_tokens}", param="max_tokens")
+        if max_tokens > self.config.max_tokens_limit:
+            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {self.config.max_tokens_limit}",
+                           param="max_tokens")
+        return max_tokens
+
+    async def _generate(self, request: Request, body: GenerationFields, prompt: Any, *, chat: bool,
+                        max_tokens: int | None) -> Response:
+        method = body.method or self.config.default_method
+        known = any(spec.name == method for spec in methods())
+        outcome = request.state.outcome = _Outcome(self.metrics, request.url.path, method if known else "")
+        max_new_tokens = self._check_request(body, max_tokens)
+        try:
+            prepared = self.engine.prepare(
+                prompt, method=method, max_new_tokens=max_new_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop, chat=chat,
+            )
+        except QuickdraftError as exc:
+            raise ApiError(400, str(exc), param="method" if not known else None) from None
+        limit = self.config.max_prompt_tokens
+        if limit is not None and len(prepared.prompt_ids) > limit:
+            raise ApiError(400, f"the prompt has {len(prepared.prompt_ids)} tokens; this server accepts at most "
+                                f"{limit}", param="messages" if chat else "prompt")
+
+        job = Job(prepared, method=method, options=self.config.options_for(method), loop=asyncio.get_running_loop())
+        try:
+            self.scheduler.submit(job)
+        except ServerBusy as exc:
+            raise ApiError(429, str(exc), type="server_busy", headers={"Retry-After": "1"}) from None
+        self._watch(request, job, outcome)
+
+        items = job.items()
+        first = await anext(items, None)  # wait for the generation to start, so early errors get a 4xx/5xx
+        if first is None:  # cancelled: the client is gone
+            outcome.record(CLIENT_GONE)
+            return Response(status_code=CLIENT_GONE)
+        _raise_if_error(first)
+        reply = Reply(chat=chat, model=self.engine.model_name)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self._events(reply, first, items, job, outcome, include_usage=include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        result = first
+        async for item in items:
+            result = item
+        if job.cancelled.is_set():
+            outcome.record(CLIENT_GONE)
+            return Response(status_code=CLIENT_GONE)
+        _raise_if_error(result)
+        outcome.record(200)
+        return JSONResponse(reply.response(result))
+
+    async def _events(self, reply: Reply, first: Any, items: AsyncIterator[Any], job: Job, outcome: _Outcome, *,
+                      include_usage: bool) -> AsyncIterator[str]:
+        """The event stream: an opening chunk, text chunks, closing chunks, ``data: [DONE]``."""
+        finished = False
+        try:
+            opening = reply.opening_chunk()
+            if opening is not None:
+                yield sse(opening)
+            item = first
+            while True:
+                if isinstance(item, str):
+                    yield sse(reply.text_chunk(item))
+                elif isinstance(item, GenerationResult):
+                    for chunk in reply.closing_chunks(item, include_usage=include_usage):
+                        yield sse(chunk)
+                else:  # the generation failed after the stream started: an error event, as OpenAI sends
+                    error = _as_api_error(item)
+                    outcome.record(error.status)
+                    yield sse(error.body())
+                item = await anext(items, None)
+                if item is None:
+                    break
+            if not job.cancelled.is_set():
+                yield sse("[DONE]")
+                finished = True
+        finally:
+            if not finished:
+                self.scheduler.cancel(job)
+            outcome.record(200 if finished else CLIENT_GONE)
+
+    def _watch(self, request: Request, job: Job, outcome: _Outcome) -> None:
+        """Cancel ``job`` if the client disconnects before it ends (runs beside the handler and the stream)."""
+        task = asyncio.get_running_loop().create_task(self._cancel_on_disconnect(request.receive, job, outcome))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _cancel_on_disconnect(self, receive: Callable[[], Awaitable[dict]], job: Job, outcome: _Outcome) -> None:
+        gone = asyncio.ensure_future(_disconnected(receive))
+        done = asyncio.ensure_future(job.finished.wait())
+        try:
+            await asyncio.wait({gone, done}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            done.cancel()
+        if gone.done() and not gone.cancelled() and not job.finished.is_set():
+            self.scheduler.cancel(job)
+            outcome.record(CLIENT_GONE)
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    """Return once the ASGI server reports that the client went away (the body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _as_api_error(item: Exception) -> ApiError:
+    if isinstance(item, QuickdraftError):
+        return ApiError(400, str(item))
+    return ApiError(500, f"the generation failed: {type(item).__name__}: {item}")
+
+
+def _raise_if_error(item: Any) -> None:
+    if isinstance(item, Exception):
+        raise _as_api_error(item)
