@@ -308,7 +308,9 @@ def decode(
         # 2. verify: one forward over the root and the drafted tokens
         root = int(tokens[length - 1])
         base = len(cache)
-        logits = target.forward([root, *draft.tokens], cache, draft.parents)  # [n + 1, V]
+        out = target.forward_full([root, *draft.tokens], cache, draft.parents, extra_embeds=draft.extra_embeds,
+                                  extra_parents=draft.extra_parents, hidden=drafter.wants_hidden)
+        logits = out.logits  # [n + 1, V]; extra inputs (if any) are dropped from the cache at commit
 
         # 3. accept
         verdict = accept(logits, draft, params, generator)
@@ -321,7 +323,8 @@ def decode(
         t2 = time.perf_counter()
 
         # 5. observe
-        drafter.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits))
+        drafter.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits,
+                                    target_hidden=out.hidden, extra_logits=out.extra_logits))
         t3 = time.perf_counter()
 
         stats.steps += 1

@@ -303,7 +303,6 @@ class TargetModel:
     def new_cache(self) -> KVCache:
         return KVCache(self.model.config)
 
-    @torch.inference_mode()
     def forward(self, tokens: list[int], cache: KVCache, parents: tuple[int, ...] | None = None) -> torch.Tensor:
         """Run the model over ``tokens`` appended to the cache; return their logits.
 
@@ -313,21 +312,59 @@ class TargetModel:
         ``len(cache) + depth``. Returns logits: [n, V] float32. The cache grows
         by n entries (the caller keeps only what it accepts).
         """
+        return self.forward_full(tokens, cache, parents).logits
+
+    @torch.inference_mode()
+    def forward_full(self, tokens: list[int], cache: KVCache, parents: tuple[int, ...] | None = None, *,
+                     extra_embeds: torch.Tensor | None = None, extra_parents: tuple[int, ...] | None = None,
+                     hidden: bool = False) -> ForwardOutput:
+        """:meth:`forward`, plus optional extra input embeddings and the final hidden states.
+
+        extra_embeds: [m, H] inputs fed after the n tokens as tree nodes
+        n .. n + m - 1 (node numbering as for ``parents``: 0 is ``tokens[0]``),
+        attached by ``extra_parents`` (m entries) to earlier nodes. The cache
+        grows by n + m entries. hidden: also return the final hidden state
+        (the input of the model's output layer) at the n tokens.
+        """
         start = len(cache)
+        n = len(tokens)
+        m = 0 if extra_embeds is None else int(extra_embeds.shape[0])
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n]
-        kwargs = {}
+        kwargs: dict = {"input_ids": ids}
+        if m:
+            assert extra_parents is not None and len(extra_parents) == m, "one parent per extra embedding"
+            tree = tuple(range(n - 1)) if parents is None else tuple(parents)
+            parents = tree + tuple(extra_parents)
+            embedded = self.model.get_input_embeddings()(ids)  # [1, n, H]
+            kwargs = {"inputs_embeds": torch.cat([embedded, extra_embeds.to(embedded.dtype)[None]], dim=1)}
+        total = n + m
         if parents is not None and any(p != i for i, p in enumerate(parents)):
-            n = len(tokens)
-            assert len(parents) == n - 1, f"a tree of {n} nodes needs {n - 1} parents"
-            positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n]
-            allowed = torch.ones(n, start + n, dtype=torch.bool, device=self.device)  # [n, start + n]
+            assert len(parents) == total - 1, f"a tree of {total} nodes needs {total - 1} parents"
+            positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n + m]
+            allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [n + m, start + n + m]
             allowed[:, start:] = ancestor_mask(parents).to(self.device)
-            mask = torch.zeros(1, 1, n, start + n, dtype=self.dtype, device=self.device)  # additive
+            mask = torch.zeros(1, 1, total, start + total, dtype=self.dtype, device=self.device)  # additive
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-            kwargs = {"position_ids": positions, "attention_mask": mask,
-                      "cache_position": torch.arange(start, start + n, device=self.device)}
-        out = self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, **kwargs)
-        return out.logits[0].float()  # [n, V]
+            kwargs.update(position_ids=positions, attention_mask=mask,
+                          cache_position=torch.arange(start, start + total, device=self.device))
+        out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
+        logits = out.logits[0].float()  # [n + m, V]
+        return ForwardOutput(
+            logits=logits[:n],
+            extra_logits=logits[n:] if m else None,
+            hidden=out.hidden_states[-1][0, :n] if hidden else None,
+        )
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """One target pass: logits [n, V] float32 at the tokens; extra_logits [m, V] at the extra
+    embeddings (or None); hidden [n, H] the final hidden states (or None; the last entry of
+    transformers' ``hidden_states``, which is what the output layer reads)."""
+
+    logits: torch.Tensor
+    extra_logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

@@ -53,11 +53,20 @@ class Draft:
         ``parents[i] < i + 1``. None means a chain: ``parents = [0, 1, ..., n-1]``.
     draft_probs: [n, V] the distribution each token was sampled from, or None
         for a deterministic drafter (one-hot for speculative sampling).
+    extra_embeds: [m, H] optional input embeddings fed after the n tokens in the
+        same pass (e.g. PPD's prompt tokens). They are nodes n + 1 .. n + m,
+        never accepted and never kept in the KV cache; their logits come back
+        in ``StepOutcome.extra_logits``.
+    extra_parents: m parent nodes for them (a tree node 0..n or an earlier
+        extra node), so each sees its parent's ancestors and its position is
+        its depth.
     """
 
     tokens: tuple[int, ...] = ()
     parents: tuple[int, ...] | None = None
     draft_probs: torch.Tensor | None = None
+    extra_embeds: torch.Tensor | None = None
+    extra_parents: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -66,6 +75,13 @@ class Draft:
             assert all(0 <= p <= i for i, p in enumerate(self.parents)), "parents must precede children"
         if self.draft_probs is not None:
             assert self.draft_probs.dim() == 2 and self.draft_probs.shape[0] == n, "draft_probs must be [n, V]"
+        if self.extra_embeds is not None:
+            assert self.extra_embeds.dim() == 2, "extra_embeds must be [m, H]"
+            assert self.extra_parents is not None and len(self.extra_parents) == self.extra_embeds.shape[0], (
+                "one extra parent per extra embedding")
+            assert all(0 <= p <= n + i for i, p in enumerate(self.extra_parents)), "extra parents must precede them"
+        else:
+            assert self.extra_parents is None, "extra_parents without extra_embeds"
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -86,16 +102,26 @@ class StepOutcome:
     path: node indices (>= 1) of the accepted draft tokens.
     tokens: emitted tokens (accepted draft tokens then the recovered/bonus one).
     target_logits: [n + 1, V] the target's logits at the root and every node.
+    target_hidden: [n + 1, H] the target's final hidden state (its lm_head's
+        input) at the root and every node; only for a drafter with ``wants_hidden``.
+    extra_logits: [m, V] the logits at the draft's extra embeddings, if any.
     """
 
     draft: Draft
     path: tuple[int, ...]
     tokens: tuple[int, ...]
     target_logits: torch.Tensor = field(repr=False)
+    target_hidden: torch.Tensor | None = field(default=None, repr=False)
+    extra_logits: torch.Tensor | None = field(default=None, repr=False)
 
 
 class Drafter:
-    """Base class: proposes nothing and learns nothing (that is plain decoding)."""
+    """Base class: proposes nothing and learns nothing (that is plain decoding).
+
+    wants_hidden: set True to receive ``StepOutcome.target_hidden`` (costs a little memory per step).
+    """
+
+    wants_hidden: bool = False
 
     def propose(self, context: DraftContext) -> Draft:
         return EMPTY_DRAFT
