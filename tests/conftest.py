@@ -61,6 +61,25 @@ def tiny_engine(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_method_options(tiny_engine, tmp_path_factory) -> dict:
+    """Options a method needs on the tiny model, by method name (the lossless suite passes them).
+
+    ``ppd`` and ``heads`` need an adapter made for the tiny model: an untrained
+    one will do, since losslessness never depends on the drafter's guesses.
+    """
+    from quickdraft.adapters import save_adapter
+    from quickdraft.training import untrained_adapter
+
+    folder = tmp_path_factory.mktemp("tiny-adapters")
+    options: dict = {}
+    for kind in ("ppd", "heads"):
+        path = folder / f"{kind}.safetensors"
+        save_adapter(path, untrained_adapter(tiny_engine.target, kind))
+        options[kind] = {"adapter": str(path)}
+    return options
+
+
+@pytest.fixture(scope="session")
 def real_engine():
     """The embedded SmolLM2-135M in float32 (the exact reference dtype)."""
     from quickdraft import load

@@ -34,10 +34,10 @@ def prompts(tiny_engine):
 
 
 @pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"])
-def test_every_registered_method_equals_plain_greedy(tiny_engine, prompts, method):
+def test_every_registered_method_equals_plain_greedy(tiny_engine, tiny_method_options, prompts, method):
     for ids in prompts:
         expected = plain(tiny_engine, ids)
-        got, stats = run(tiny_engine.target, ids, tiny_engine.drafter(method))
+        got, stats = run(tiny_engine.target, ids, tiny_engine.drafter(method, tiny_method_options.get(method)))
         assert got == expected
         assert stats.new_tokens == len(expected) and stats.steps <= len(expected)
 

@@ -1,0 +1,132 @@
+"""Medusa-style heads (Cai et al. 2024, Medusa-1): small trained heads on the target's last hidden state.
+
+Head k (0-based) maps the final hidden state h_t (the vector the model feeds its
+``lm_head``) through a residual low-rank block, ``h + up_k(silu(down_k h + b_k))``,
+and the model's own frozen ``lm_head`` turns the result into logits for the
+token at t + k + 2 (the target's logits at t already give t + 1). After a
+verification step, the hidden state at the last accepted node yields guesses
+for the tokens after the bonus token; the next draft is the best-first sparse
+tree over their top-k (:func:`~quickdraft.drafters.topk_tree.best_first_tree`).
+
+Low rank keeps the adapter small (the up/down matrices of rank r instead of a
+full H x H layer) and reusing the frozen ``lm_head`` avoids a V x H matrix per
+head. The heads run on the target's hidden state, which the engine returns
+because this drafter sets ``wants_hidden``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters import Adapter, load_adapter_for
+from ..errors import QuickdraftError
+from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
+from .registry import BuildContext, register
+from .topk_tree import Guesses, best_first_tree
+
+KIND = "heads"
+
+
+class ResidualHeads(nn.Module):
+    """K residual low-rank blocks over the final hidden state: [N, H] -> [K, N, H].
+
+    ``up`` starts at zero, so an untrained head reproduces the hidden state
+    (and predicts the next token, like the ``lm_head``) and training only has
+    to learn the shift to later tokens.
+    """
+
+    def __init__(self, count: int, hidden: int, rank: int) -> None:
+        super().__init__()
+        if count < 1 or rank < 1:
+            raise ValueError(f"need at least one head of rank >= 1, got {count} heads of rank {rank}")
+        self.down = nn.Parameter(torch.randn(count, rank, hidden) * hidden ** -0.5)  # [K, r, H]
+        self.bias = nn.Parameter(torch.zeros(count, rank))  # [K, r]
+        self.up = nn.Parameter(torch.zeros(count, hidden, rank))  # [K, H, r]
+
+    @property
+    def count(self) -> int:
+        return int(self.down.shape[0])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, H] -> [K, N, H]."""
+        inner = torch.einsum("krh,nh->knr", self.down, hidden) + self.bias[:, None, :]  # [K, N, r]
+        return hidden[None] + torch.einsum("khr,knr->knh", self.up, nn.functional.silu(inner))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"heads.down": self.down.data, "heads.bias": self.bias.data, "heads.up": self.up.data}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor]) -> ResidualHeads:
+        try:
+            down, bias, up = tensors["heads.down"], tensors["heads.bias"], tensors["heads.up"]
+        except KeyError as exc:
+            raise QuickdraftError(f"heads adapter lacks tensor {exc}") from None
+        count, rank, hidden = down.shape
+        if bias.shape != (count, rank) or up.shape != (count, hidden, rank):
+            raise QuickdraftError(f"heads adapter tensors do not fit together: {tuple(down.shape)}, "
+                                  f"{tuple(bias.shape)}, {tuple(up.shape)}")
+        heads = ResidualHeads(count, hidden, rank)
+        with torch.no_grad():
+            heads.down.copy_(down)
+            heads.bias.copy_(bias)
+            heads.up.copy_(up)
+        return heads
+
+
+class MedusaHeads(Drafter):
+    """Drafts trees from K heads' guesses at the last accepted node's hidden state.
+
+    heads: the trained heads (already on the target's device and dtype);
+    lm_head: the target's output layer [V, H]; nodes, topk: as for ``ppd``.
+    """
+
+    wants_hidden = True
+
+    def __init__(self, heads: ResidualHeads, lm_head: nn.Module, *, nodes: int = 10, topk: int = 4) -> None:
+        if nodes < 0 or topk < 1:
+            raise ValueError(f"need nodes >= 0 and topk >= 1; got {nodes}, {topk}")
+        self.heads, self.lm_head = heads, lm_head
+        self.nodes, self.topk = nodes, topk
+        self.reset()
+
+    def reset(self) -> None:
+        self._guesses: Guesses | None = None
+
+    def propose(self, context: DraftContext) -> Draft:
+        if self._guesses is None or context.budget <= 0:
+            return EMPTY_DRAFT
+        tree = best_first_tree(self._guesses, self.nodes, max_depth=context.budget)
+        return Draft(tokens=tree.tokens, parents=tree.parents)
+
+    @torch.inference_mode()
+    def observe(self, outcome: StepOutcome) -> None:
+        if outcome.target_hidden is None:
+            self._guesses = None
+            return
+        last = outcome.path[-1] if outcome.path else 0
+        hidden = outcome.target_hidden[last: last + 1]  # [1, H]
+        logits = self.lm_head(self.heads(hidden)[:, 0])  # [K, V]
+        self._guesses = Guesses.from_logits(logits, self.topk)
+
+
+def heads_from_adapter(adapter: Adapter, target) -> ResidualHeads:
+    heads = ResidualHeads.from_tensors(adapter.tensors)
+    hidden = int(target.model.get_output_embeddings().weight.shape[1])
+    if heads.down.shape[2] != hidden:
+        raise QuickdraftError(f"heads adapter is for hidden size {heads.down.shape[2]}, the model has {hidden}")
+    return heads.to(device=target.device, dtype=target.dtype).eval().requires_grad_(False)
+
+
+def build_heads(target, options: dict[str, Any]) -> MedusaHeads:
+    adapter = load_adapter_for(target, KIND, options.get("adapter"))
+    picked = {k: int(options[k]) for k in ("nodes", "topk") if options.get(k) is not None}
+    return MedusaHeads(heads_from_adapter(adapter, target), target.model.get_output_embeddings(), **picked)
+
+
+@register("heads", lossless=True,
+          description="Medusa-style heads: trained low-rank heads on the last hidden state guess the next tokens")
+def build(ctx: BuildContext) -> Drafter:
+    return build_heads(ctx.target, ctx.options)

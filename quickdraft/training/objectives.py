@@ -1,0 +1,225 @@
+"""What ``ppd`` and ``heads`` training minimise: the frozen model's own next-token distributions.
+
+Both objectives are self-distillation. For an *anchor* position a of a training
+sequence and a depth d = 0..D-1, the drafter predicts the token at a + d + 2
+from the prefix up to a; its teacher is the target's distribution for that
+token, i.e. the target's logits at position a + d + 1 (computed on the real
+sequence). The loss is the cross-entropy between the teacher's softmax and the
+drafter's log-softmax (equal to the KL divergence up to a constant).
+
+* ``ppd``: the m prompt tokens of many anchors go into ONE forward pass. The
+  real tokens run first without gradients (they never see a prompt token, so
+  their keys and values are the same as in the combined pass), and the
+  prompt tokens follow against that cache with a 4D mask: prompt j of anchor a
+  sits at position a + 1 + j and sees tokens 0..a and prompts 0..j of its own
+  group. Only the prompt embeddings get gradients.
+* ``heads``: the heads read the target's final hidden state at the anchor; the
+  hidden states of the training set are computed once and reused every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..drafters.heads import ResidualHeads
+from .data import Sequence
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum(softmax(teacher) * log_softmax(student))``; both [N, V]."""
+    teacher = torch.softmax(teacher_logits.float(), dim=-1)
+    return -(teacher * torch.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
+
+
+def anchor_range(seq: Sequence, depth: int) -> range:
+    """Anchors in the answer (from the prompt's last token on) whose D targets lie inside the sequence.
+
+    >>> anchor_range(Sequence(ids=tuple(range(10)), prompt_len=4), depth=3)
+    range(3, 5)
+    """
+    return range(max(seq.prompt_len - 1, 0), len(seq.ids) - depth - 1)
+
+
+def target_tokens(seq: Sequence, anchors: torch.Tensor, depth: int) -> torch.Tensor:
+    """[A, D]: the tokens the drafter should guess, ids[a + d + 2]."""
+    ids = torch.tensor(seq.ids)
+    return ids[anchors[:, None] + 2 + torch.arange(depth)[None, :]]
+
+
+def prompt_group_mask(prefix_len: int, anchors: torch.Tensor, m: int) -> torch.Tensor:
+    """[A*m, prefix_len + A*m] bool: what each prompt token may attend to.
+
+    Row a*m + j (prompt j of anchor a) sees real tokens 0..anchors[a] and the
+    prompt tokens 0..j of its own group.
+
+    >>> prompt_group_mask(3, torch.tensor([0, 2]), 2).int().tolist()
+    [[1, 0, 0, 1, 0, 0, 0], [1, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 1]]
+    """
+    count = len(anchors) * m
+    anchor_of_row = anchors.repeat_interleave(m)  # [A*m]
+    real = torch.arange(prefix_len)[None, :] <= anchor_of_row[:, None]  # [A*m, T]
+    group = torch.arange(len(anchors)).repeat_interleave(m)  # [A*m]
+    j = torch.arange(m).repeat(len(anchors))  # [A*m]
+    own = (group[:, None] == group[None, :]) & (j[None, :] <= j[:, None])  # [A*m, A*m]
+    assert real.shape == (count, prefix_len)
+    return torch.cat([real, own], dim=1)
+
+
+class PPDObjective:
+    """Trains m prompt-token embeddings (the only parameters) against the frozen model."""
+
+    kind = "ppd"
+
+    def __init__(self, model, *, prompt_tokens: int = 3, seed: int = 0) -> None:
+        self.model = model
+        table = model.get_input_embeddings().weight.detach().float()  # [V, H]
+        generator = torch.Generator().manual_seed(seed)
+        # Start near an average token, so the first steps already give the model ordinary input.
+        noise = torch.randn(prompt_tokens, table.shape[1], generator=generator) * table.std(0) * 0.5
+        self.embeds = nn.Parameter(table.mean(0).expand(prompt_tokens, -1) + noise)  # [m, H] float32
+        self.depth = prompt_tokens
+
+    @property
+    def hparams(self) -> dict:
+        return {"prompt_tokens": self.depth}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.embeds]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self.embeds.detach().clone()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.embeds.copy_(tensors["prompt_embeds"])
+
+    def logits(self, seq: Sequence, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student [A, m, V], teacher [A, m, V]) for the given anchors of one sequence."""
+        model, m = self.model, self.depth
+        device, dtype = model.device, model.dtype
+        ids = torch.tensor([seq.ids], device=device)  # [1, T]
+        prefix = ids.shape[1]
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            teacher_all = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0]  # [T, V]
+        count = len(anchors) * m
+        allowed = prompt_group_mask(prefix, anchors, m).to(device)  # [A*m, T + A*m]
+        mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        positions = (anchors[:, None] + 1 + torch.arange(m)[None, :]).reshape(1, count).to(device)
+        inputs = self.embeds.to(dtype).repeat(len(anchors), 1)[None]  # [1, A*m, H]
+        out = model(inputs_embeds=inputs, past_key_values=cache, use_cache=True, position_ids=positions,
+                    attention_mask=mask, cache_position=torch.arange(prefix, prefix + count, device=device))
+        student = out.logits[0].view(len(anchors), m, -1)  # [A, m, V]
+        teacher = teacher_all[(anchors[:, None] + 1 + torch.arange(m)[None, :]).to(device)]  # [A, m, V]
+        return student, teacher
+
+    def loss(self, batch: list[tuple[Sequence, torch.Tensor]]) -> torch.Tensor:
+        losses = []
+        for seq, anchors in batch:
+            student, teacher = self.logits(seq, anchors)
+            losses.append(soft_cross_entropy(student.flatten(0, 1), teacher.flatten(0, 1)))
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def predict(self, seq: Sequence, anchors: torch.Tensor) -> torch.Tensor:
+        """[A, m, V] the drafter's logits."""
+        return self.logits(seq, anchors)[0]
+
+
+class HeadsObjective:
+    """Trains K residual low-rank heads on the frozen model's final hidden states."""
+
+    kind = "heads"
+
+    def __init__(self, model, *, heads: int = 3, rank: int = 128, seed: int = 0) -> None:
+        self.model = model
+        torch.manual_seed(seed)
+        hidden = int(model.get_output_embeddings().weight.shape[1])
+        self.heads = ResidualHeads(heads, hidden, rank)  # float32 parameters
+        self.lm_weight = model.get_output_embeddings().weight.detach().float()  # [V, H]
+        self.depth = heads
+        self._hidden: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @property
+    def hparams(self) -> dict:
+        return {"heads": self.depth, "rank": int(self.heads.down.shape[1])}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.heads.tensors().items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, param in (("heads.down", self.heads.down), ("heads.bias", self.heads.bias),
+                                ("heads.up", self.heads.up)):
+                param.copy_(tensors[name])
+
+    @torch.no_grad()
+    def hidden(self, seq: Sequence) -> torch.Tensor:
+        """[T, H] float32: the final hidden state (the lm_head's input) at every position, cached."""
+        if seq.ids not in self._hidden:
+            ids = torch.tensor([seq.ids], device=self.model.device)
+            out = self.model(input_ids=ids, output_hidden_states=True)
+            self._hidden[seq.ids] = out.hidden_states[-1][0].float().cpu()
+        return self._hidden[seq.ids]
+
+    def logits(self, seq: Sequence, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student [A, K, V], teacher [A, K, V])."""
+        hidden = self.hidden(seq)  # [T, H]
+        rows = anchors[:, None] + 1 + torch.arange(self.depth)[None, :]  # [A, K]
+        with torch.no_grad():
+            teacher = hidden[rows] @ self.lm_weight.T  # [A, K, V]
+        student = self.heads(hidden[anchors]).transpose(0, 1) @ self.lm_weight.T  # [A, K, V]
+        return student, teacher
+
+    def loss(self, batch: list[tuple[Sequence, torch.Tensor]]) -> torch.Tensor:
+        students, teachers = zip(*(self.logits(seq, anchors) for seq, anchors in batch))
+        student, teacher = torch.cat(students), torch.cat(teachers)
+        return soft_cross_entropy(student.flatten(0, 1), teacher.flatten(0, 1))
+
+    @torch.no_grad()
+    def predict(self, seq: Sequence, anchors: torch.Tensor) -> torch.Tensor:
+        return self.logits(seq, anchors)[0]
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Held-out accuracy per predicted position: ``top1[d]`` and ``topk[d]`` for the token at +d+2."""
+
+    top1: list[float]
+    topk: list[float]
+    k: int
+    predictions: int
+
+    def to_dict(self) -> dict:
+        return {"top1": [round(x, 4) for x in self.top1], f"top{self.k}": [round(x, 4) for x in self.topk],
+                "k": self.k, "predictions": self.predictions}
+
+
+def evaluate(objective, sequences: list[Sequence], *, k: int = 5, chunk: int = 64) -> Accuracy:
+    """Top-1 and top-k accuracy of the drafter on every anchor of ``sequences``."""
+    depth = objective.depth
+    hit1 = np.zeros(depth)
+    hitk = np.zeros(depth)
+    total = 0
+    for seq in sequences:
+        anchors_all = torch.tensor(list(anchor_range(seq, depth)), dtype=torch.long)
+        for start in range(0, len(anchors_all), chunk):
+            anchors = anchors_all[start: start + chunk]
+            logits = objective.predict(seq, anchors).float().cpu()  # [A, D, V]
+            want = target_tokens(seq, anchors, depth)  # [A, D]
+            top = logits.topk(k, dim=-1).indices  # [A, D, k]
+            hit1 += (top[..., 0] == want).sum(0).numpy()
+            hitk += (top == want[..., None]).any(-1).sum(0).numpy()
+            total += len(anchors)
+    if total == 0:
+        return Accuracy([0.0] * depth, [0.0] * depth, k, 0)
+    return Accuracy(list(hit1 / total), list(hitk / total), k, total)
