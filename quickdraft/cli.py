@@ -83,8 +83,10 @@ def _stats_line(result) -> str:
 @click.option("--prompt-file", default=None, help="read the prompt from a file, or - for stdin")
 @click.option("--stats", "show_stats", is_flag=True, help="print a stats line to stderr")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming text")
+@click.option("--adapter", default=None, help="trained drafter adapter (.safetensors) for ppd/heads "
+              "[default: the one shipped for the model]")
 def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, seed, dtype, threads, system,
-             no_chat, stop, prompt_file, show_stats, as_json) -> None:
+             no_chat, stop, prompt_file, show_stats, as_json, adapter) -> None:
     """Generate an answer to PROMPT, streamed as it is produced."""
     from .drafters import get_method
     from .engine import load
@@ -96,6 +98,8 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     engine = load(model, dtype=dtype, threads=threads)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
+    if adapter is not None:
+        kwargs["options"] = {"adapter": adapter}
     result = None
     for item in engine.events(text, **kwargs):
         if isinstance(item, str):
@@ -271,6 +275,40 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
     click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
                f"{config.default_method} on http://{host}:{port}/v1", err=True)
     run_server(engine, config, host=host, port=port, max_concurrency=max_concurrency, log_level=log_level)
+
+
+@main.command()
+@click.option("--kind", type=click.Choice(["ppd", "heads"]), required=True,
+              help="ppd: prompt-token embeddings; heads: Medusa-style heads")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
+@click.option("--out", required=True, help="the adapter file to write (.safetensors)")
+@click.option("--data", default="builtin", show_default=True,
+              help="prompts the model answers for its own training data: builtin, or a .jsonl ({\"prompt\": ...}) "
+                   "or .txt (one per line) file")
+@click.option("--steps", type=int, default=400, show_default=True, help="optimizer steps")
+@click.option("--minutes", type=float, default=None, help="stop after this much training time")
+@click.option("--lr", type=float, default=None, help="learning rate [default: 1e-2 for ppd, 2e-3 for heads]")
+@click.option("--anchors", type=int, default=48, show_default=True, help="positions trained per sequence per step")
+@click.option("--sequences", type=int, default=1, show_default=True, help="sequences per step")
+@click.option("--prompt-tokens", type=int, default=3, show_default=True, help="ppd: prompt tokens (tokens guessed)")
+@click.option("--heads", type=int, default=3, show_default=True, help="heads: number of heads (tokens guessed)")
+@click.option("--rank", type=int, default=128, show_default=True, help="heads: rank of each head's block")
+@click.option("--answer-tokens", type=int, default=160, show_default=True,
+              help="longest answer generated per training prompt")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--fresh", is_flag=True, help="ignore a checkpoint of an earlier run and start over")
+def train(kind, model, out, data, steps, minutes, lr, anchors, sequences, prompt_tokens, heads, rank, answer_tokens,
+          seed, dtype, threads, fresh) -> None:
+    """Train a ppd or heads adapter for a model by self-distillation (resumes from OUT.ckpt)."""
+    from .training import train as run_training
+
+    report = run_training(kind=kind, model=model, out=out, data=data, steps=steps, minutes=minutes, fresh=fresh,
+                          dtype=dtype, threads=threads, lr=lr, anchors=anchors, sequences=sequences,
+                          prompt_tokens=prompt_tokens, heads=heads, rank=rank, max_new_tokens=answer_tokens, seed=seed)
+    for line in report.lines():
+        click.echo(line)
 
 
 if __name__ == "__main__":

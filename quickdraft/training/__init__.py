@@ -155,7 +155,8 @@ def load_checkpoint(path: Path, objective, optimizer, config: TrainConfig, sha: 
 
 
 def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", steps: int = 400,
-          minutes: float | None = None, dtype: str = "auto", fresh: bool = False, checkpoint_every: int = 20,
+          minutes: float | None = None, dtype: str = "auto", threads: int | None = None, fresh: bool = False,
+          checkpoint_every: int = 20,
           engine=None, progress: bool | None = None, data_cache: Path | None = None, **hparams) -> TrainReport:
     """Train an adapter and write it to ``out``; see the module docstring.
 
@@ -174,7 +175,7 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     if out.suffix != ".safetensors":
         raise QuickdraftError(f"the adapter file must end in .safetensors, got {out}")
     prompts = read_prompts(data)
-    engine = engine or load(model, dtype=dtype)
+    engine = engine or load(model, dtype=dtype, threads=threads)
     target = engine.target
     target.model.requires_grad_(False)
     sha = model_sha256(target)
