@@ -1,8 +1,13 @@
 """``quickdraft serve``: an OpenAI-compatible HTTP server over the engine.
 
-    >>> from quickdraft import load                                  # doctest: +SKIP
-    >>> from quickdraft.server import ServerConfig, serve            # doctest: +SKIP
-    >>> serve(load("smollm2-135m-instruct"), ServerConfig(), port=8000)  # doctest: +SKIP
+From Python (what the command does)::
+
+    from quickdraft import load
+    from quickdraft.server import ServerConfig, serve
+
+    serve(load("smollm2-135m-instruct"), ServerConfig(default_method="pld"), port=8000)
+
+``create_app(engines, config)`` gives the ASGI app itself, to run under any ASGI server.
 """
 
 from __future__ import annotations

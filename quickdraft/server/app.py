@@ -223,7 +223,8 @@ class Server:
             prepared = self.engine.prepare(
                 prompt, method=method, max_new_tokens=max_new_tokens,
                 temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed, stop=body.stop, chat=chat,
+                top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, seed=body.seed,
+                stop=body.stop, chat=chat,
             )
         except QuickdraftError as exc:
             raise ApiError(400, str(exc), param="method" if not known else None) from None

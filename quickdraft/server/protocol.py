@@ -109,7 +109,8 @@ class GenerationFields(_Strict):
     stop: Annotated[Any, AfterValidator(_stop)] = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    method: str | None = None  # quickdraft's decoding method (see GET /health for the list)
+    top_k: int | None = None  # an extension (as in vLLM and llama.cpp); None or 0: off
+    method: str | None = None  # an extension: quickdraft's decoding method (GET /health lists them)
     user: str | None = None  # an end-user id for abuse tracking; it does not change the output
     # Accepted only at their neutral value (clients often send the defaults explicitly).
     n: int | None = None

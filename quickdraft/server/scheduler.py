@@ -114,7 +114,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.observer = observer
         self._waiting: deque[Job] = deque()
-        self._running = 0
+        self._active: set[Job] = set()  # jobs being generated
         self._stopping = False
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -129,7 +129,7 @@ class Scheduler:
     def running(self) -> int:
         """Jobs being generated now."""
         with self._cond:
-            return self._running
+            return len(self._active)
 
     def start(self) -> None:
         for i, engine in enumerate(self.engines):
@@ -138,11 +138,13 @@ class Scheduler:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel every job, let running generations end at their next piece, and join the workers."""
+        """Cancel every job (running ones end at their next piece) and join the workers."""
         with self._cond:
             self._stopping = True
             dropped = list(self._waiting)
             self._waiting.clear()
+            for job in self._active:
+                job.cancelled.set()
             self._cond.notify_all()
         for job in dropped:
             job.cancelled.set()
@@ -156,10 +158,10 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise ServerBusy("the server is shutting down")
-            idle = len(self.engines) - self._running - len(self._waiting)
+            idle = len(self.engines) - len(self._active) - len(self._waiting)
             if idle <= 0 and len(self._waiting) >= self.max_queue:
                 raise ServerBusy(
-                    f"the server is busy: {self._running} requests running and {len(self._waiting)} waiting "
+                    f"the server is busy: {len(self._active)} requests running and {len(self._waiting)} waiting "
                     f"(the queue holds {self.max_queue}); retry later"
                 )
             self._waiting.append(job)
@@ -185,15 +187,17 @@ class Scheduler:
                 if self._stopping:
                     return
                 job = self._waiting.popleft()
-                self._running += 1
+                self._active.add(job)
             try:
                 self._run(engine, job)
             finally:
                 with self._cond:
-                    self._running -= 1
+                    self._active.discard(job)
                 job.close()
 
     def _run(self, engine: Any, job: Job) -> None:
+        if job.cancelled.is_set():  # the client left between the queue and here
+            return
         events = engine.run(job.request, options=job.options)
         try:
             for item in events:

@@ -282,6 +282,16 @@ def test_disconnect_stops_the_generation_and_frees_the_slot(endless_target):
         wait_for(lambda: metric(url, "quickdraft_running_generations") == 0, "the slot to be free")
         assert metric(url, "quickdraft_requests_total", endpoint=COMPLETIONS, method="ar", status="499") == 1
         assert metric(url, "quickdraft_generated_tokens_total", method="ar") == 0  # it never finished
+
+        # the same for a client waiting for a non-streaming answer
+        sock = _raw_request(url, {"prompt": "go on", "max_tokens": 8000, "temperature": 0, "method": "ar"})
+        wait_for(lambda: metric(url, "quickdraft_running_generations") == 1, "the generation to start")
+        sock.close()
+        wait_for(lambda: metric(url, "quickdraft_generations_total", method="ar", finish_reason="cancelled") == 2,
+                 "the second generation to be cancelled")
+        wait_for(lambda: metric(url, "quickdraft_running_generations") == 0, "the slot to be free")
+        assert metric(url, "quickdraft_requests_total", endpoint=COMPLETIONS, method="ar", status="499") == 2
+
         reply = client(url).completions.create(model=endless_target.name, prompt="next", max_tokens=3,
                                                temperature=0, extra_body={"method": "ar"})
         assert reply.usage.completion_tokens == 3
