@@ -341,8 +341,20 @@ class AdaptiveNodeBudget:
             self.expected[m] += rate * (accepted_within(path, m) - self.expected[m])
 
 
+def adaptive_node_budget(target, *, max_nodes: int = 64) -> AdaptiveNodeBudget | None:
+    """An :class:`AdaptiveNodeBudget` on ``target``'s latency profile (measured once per machine).
+
+    None for a target that cannot be profiled (see :func:`node_budget`).
+    """
+    if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
+        return None
+    profile = load_or_measure(target)
+    return AdaptiveNodeBudget(profile.latency, candidates=[c for c in CANDIDATES if c <= max_nodes])
+
+
+
 __all__ = [
-    "AdaptiveNodeBudget", "CANDIDATES", "LatencyProfile", "PROFILE_NODES", "ProfileKey", "accepted_within",
+    "AdaptiveNodeBudget", "CANDIDATES", "adaptive_node_budget", "LatencyProfile", "PROFILE_NODES", "ProfileKey", "accepted_within",
     "choose_node_budget", "load_or_measure", "machine_is_quiet", "machine_name", "measure_latency", "node_budget",
     "prior_expected_accepted", "profile_key", "profiles_dir",
 ]

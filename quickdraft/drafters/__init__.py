@@ -5,6 +5,8 @@ Import order is registration order, which is the order ``quickdraft methods`` li
 
 from . import ar as _ar  # noqa: F401  (registers "ar")
 from . import pld as _pld  # noqa: F401  (registers "pld")
+from . import pld_tree as _pld_tree  # noqa: F401  (registers "pld-tree")
+from . import recycle as _recycle  # noqa: F401  (registers "recycle")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation
 from .registry import BuildContext, MethodSpec, get_method, methods, register

@@ -59,8 +59,33 @@ def methods() -> list[MethodSpec]:
 
 
 def get_method(name: str) -> MethodSpec:
-    try:
+    """The method called ``name``; ``a+b+...`` combines registered methods into one merged tree."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(_REGISTRY)
-        raise QuickdraftError(f"unknown method {name!r}; available methods: {known}") from None
+    if "+" in name:
+        return _combined(name)
+    known = ", ".join(_REGISTRY)
+    raise QuickdraftError(f"unknown method {name!r}; available methods: {known} (combine them with '+')")
+
+
+def _combined(name: str) -> MethodSpec:
+    """A method whose drafts merge the drafts of its parts (see :mod:`.combine`)."""
+    names = name.split("+")
+    if any(not part for part in names):
+        raise QuickdraftError(f"bad combined method {name!r}: an empty name around '+'")
+    if len(set(names)) != len(names):
+        raise QuickdraftError(f"bad combined method {name!r}: a method is listed twice")
+    parts = [get_method(part) for part in names]
+
+    def build(ctx: BuildContext) -> Drafter:
+        from ..profile import adaptive_node_budget
+        from .combine import Combined
+
+        nodes = ctx.options.get("nodes")
+        budget = None if nodes else adaptive_node_budget(ctx.target)
+        return Combined([(spec.name, spec.build(ctx)) for spec in parts], nodes=nodes, budget=budget)
+
+    return MethodSpec(
+        name=name, lossless=all(spec.lossless for spec in parts), build=build,
+        description="one tree merged from the drafts of " + ", ".join(names),
+    )

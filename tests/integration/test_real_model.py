@@ -6,6 +6,9 @@ from quickdraft import methods
 
 pytestmark = pytest.mark.real
 
+# Combined methods are not listed by methods() (any a+b is one); cover one here.
+COMBINED = ["pld+recycle"]
+
 PROMPTS = [
     "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank.",
     "Rewrite the following code with the variable `x` renamed to `total`:\n\ndef add(a, b):\n    x = a + b\n"
@@ -16,7 +19,7 @@ PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"])
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
 def test_method_equals_plain_greedy_on_the_real_model(real_engine, method):
     drafted = accepted = 0
     for prompt in PROMPTS:

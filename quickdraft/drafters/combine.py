@@ -1,0 +1,164 @@
+"""Combined drafters (``--method pld+recycle``): one tree merged from several drafters' drafts.
+
+The registry builds a :class:`Combined` for any name ``a+b+...`` of registered
+methods (see :func:`quickdraft.drafters.registry.get_method`); the engine sees
+one drafter and never looks at the name.
+
+Each step every part proposes in turn (earlier parts first, each told through
+``DraftContext.nodes`` how many nodes are left) and its nodes are merged into a
+:class:`~quickdraft.tree.TokenTrie`, so shared prefixes are verified once and
+siblings stay distinct. The merged draft is deterministic: parts' draft
+probabilities are dropped, which keeps sampling exact (a one-hot draft row is
+always valid, see :func:`~quickdraft.verify.verify_tree_sampling`) at some cost
+in acceptance for sampling drafters.
+
+After verification each part observes the step *in its own numbering*: its
+draft (the prefix of its nodes that made it into the merged tree), followed by
+the accepted path's nodes that were not in its draft, with the matching rows
+of the target's logits (and hidden states). So ``path`` is the full accepted
+path, ``tokens`` the emitted tokens, and ``len(path) + 1 == len(tokens)`` as
+for a drafter on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import torch
+
+from ..errors import QuickdraftError
+from ..profile import AdaptiveNodeBudget
+from ..tree import TokenTrie
+from .base import Draft, DraftContext, Drafter, StepOutcome
+
+
+def merge_drafts(drafts: Sequence[Draft], budget: int) -> tuple[Draft, list[list[int]]]:
+    """Merge drafts into one tree of at most ``budget`` nodes, earlier drafts first.
+
+    Returns the merged draft and, per input draft, the merged node of its root
+    and of each of its nodes that was placed (a prefix of its nodes: placing
+    stops at the first node that no longer fits).
+
+    >>> a = Draft(tokens=(5, 6, 7))                            # a chain 5-6-7
+    >>> b = Draft(tokens=(5, 8, 9), parents=(0, 1, 0))         # 5-8 and 9
+    >>> merged, maps = merge_drafts([a, b], budget=5)
+    >>> merged.tokens, merged.parents, maps
+    ((5, 6, 7, 8, 9), (0, 1, 2, 1, 0), [[0, 1, 2, 3], [0, 1, 4, 5]])
+    """
+    trie = TokenTrie(budget=budget)
+    maps: list[list[int]] = []
+    for draft in drafts:
+        parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
+        node_of = [0]  # draft node -> merged node
+        for token, parent in zip(draft.tokens, parents):
+            child = trie.child(node_of[parent], token)
+            if child is None:
+                trie.insert([token], parent=node_of[parent])
+                child = trie.child(node_of[parent], token)
+                if child is None:  # the budget is spent
+                    break
+            node_of.append(child)
+        maps.append(node_of)
+    return Draft(tokens=tuple(trie.tokens), parents=tuple(trie.parents)), maps
+
+
+def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int]) -> StepOutcome:
+    """The step as one part sees it, in its own node numbering.
+
+    draft: the part's draft; node_of: merged node of its root and of each
+    placed node (from :func:`merge_drafts`). The view's draft is the placed
+    prefix of the part's draft, then any accepted-path nodes it lacked.
+
+    >>> merged = Draft(tokens=(5, 6, 8), parents=(0, 1, 1))
+    >>> out = StepOutcome(draft=merged, path=(1, 3), tokens=(5, 8, 4), target_logits=torch.eye(4))
+    >>> view = part_view(out, Draft(tokens=(5, 6)), [0, 1, 2])   # the part drafted 5-6; 5-8 was accepted
+    >>> view.draft.tokens, view.draft.parents, view.path, view.target_logits.argmax(-1).tolist()
+    ((5, 6, 8), (0, 1, 1), (1, 3), [0, 1, 2, 3])
+    """
+    placed = len(node_of) - 1
+    parents = list(draft.parents[:placed]) if draft.parents is not None else list(range(placed))
+    tokens = list(draft.tokens[:placed])
+    rows = list(node_of)  # merged node behind each view node
+    part_node = {merged: i for i, merged in enumerate(node_of)}
+    path: list[int] = []
+    current = 0
+    for merged in outcome.path:
+        node = part_node.get(merged)
+        if node is None or node == 0 or parents[node - 1] != current:
+            tokens.append(outcome.draft.tokens[merged - 1])
+            parents.append(current)
+            rows.append(merged)
+            node = len(tokens)
+        path.append(node)
+        current = node
+    probs = None
+    if draft.draft_probs is not None:
+        extra = len(tokens) - placed
+        one_hot = torch.zeros(extra, draft.draft_probs.shape[1], dtype=draft.draft_probs.dtype)
+        one_hot[torch.arange(extra), torch.tensor(tokens[placed:], dtype=torch.long)] = 1.0
+        probs = torch.cat([draft.draft_probs[:placed], one_hot])
+    identity = rows == list(range(len(rows)))
+
+    def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return t[: len(rows)] if identity else t[torch.tensor(rows, device=t.device)]
+
+    view = Draft(tokens=tuple(tokens), parents=tuple(parents), draft_probs=probs)
+    return replace(outcome, draft=view, path=tuple(path), target_logits=gather(outcome.target_logits),
+                   target_hidden=gather(getattr(outcome, "target_hidden", None)))
+
+
+class Combined(Drafter):
+    """Several drafters' drafts merged into one tree within a node budget.
+
+    parts: (method name, drafter) pairs, most trusted first (its nodes are
+    placed first). nodes: a fixed node budget; else ``budget`` chooses per step;
+    with neither, the merged tree is capped at ``default_nodes``.
+    """
+
+    def __init__(self, parts: Sequence[tuple[str, Drafter]], *, nodes: int | None = None,
+                 budget: AdaptiveNodeBudget | None = None, default_nodes: int = 32) -> None:
+        if len(parts) < 2:
+            raise ValueError("a combined method needs at least two parts")
+        self.parts = list(parts)
+        self.nodes = nodes if nodes is not None or budget is not None else default_nodes
+        self.budget = budget if nodes is None else None
+        self._pending: list[tuple[Draft, list[int]]] | None = None
+        self._used = 0
+
+    @property
+    def wants_hidden(self) -> bool:  # type: ignore[override]
+        return any(getattr(drafter, "wants_hidden", False) for _, drafter in self.parts)
+
+    def propose(self, context: DraftContext) -> Draft:
+        size = self.nodes if self.budget is None else self.budget.next_budget()
+        if context.nodes is not None:
+            size = min(size, context.nodes)
+        self._used = size
+        drafts: list[Draft] = []
+        placed = 0
+        for name, drafter in self.parts:
+            draft = drafter.propose(replace(context, nodes=max(size - placed, 0)))
+            if getattr(draft, "extra_embeds", None) is not None:
+                raise QuickdraftError(f"method {name!r} drafts extra inputs and cannot be combined with others")
+            drafts.append(draft)
+            placed += len(draft)  # an upper bound: shared prefixes are merged
+        merged, maps = merge_drafts(drafts, size)
+        self._pending = list(zip(drafts, maps))
+        return merged
+
+    def observe(self, outcome: StepOutcome) -> None:
+        if self._pending is None:
+            return
+        for (_, drafter), (draft, node_of) in zip(self.parts, self._pending):
+            drafter.observe(part_view(outcome, draft, node_of))
+        if self.budget is not None and len(outcome.draft):
+            self.budget.record(self._used, outcome.path)
+        self._pending = None
+
+    def reset(self) -> None:
+        self._pending = None
+        for _, drafter in self.parts:
+            drafter.reset()
