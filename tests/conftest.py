@@ -54,6 +54,15 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_draft_dir(tmp_path_factory) -> Path:
+    """A second tiny random Llama (other weights) with the same tokenizer: a draft model for the tiny target."""
+    path = tmp_path_factory.mktemp("tiny-draft")
+    make_tiny_model(max_positions=256, seed=1).save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_dir):
     from quickdraft import load
 
