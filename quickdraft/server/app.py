@@ -150,8 +150,9 @@ class Server:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     async def _http_error(self, request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+        messages = {404: f"no such endpoint: {request.method} {request.url.path}",
+                    405: f"method {request.method} is not allowed on {request.url.path}"}
+        message = messages.get(exc.status_code, exc.detail)
         return JSONResponse(ApiError(exc.status_code, str(message)).body(), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
@@ -209,8 +210,8 @@ class Server:
         if max_tokens <= 0:
             raise ApiError(400, f"max_tokens must be a positive integer, got {max_tokens}", param="max_tokens")
         if max_tokens > self.config.max_tokens_limit:
-            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {self.config.max_tokens_limit}",
-                           param="max_tokens")
+            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of "
+                                f"{self.config.max_tokens_limit}", param="max_tokens")
         return max_tokens
 
     async def _generate(self, request: Request, body: GenerationFields, prompt: Any, *, chat: bool,

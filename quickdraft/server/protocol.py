@@ -228,8 +228,9 @@ class Reply:
 
     def response(self, result: GenerationResult) -> dict[str, Any]:
         """The non-streaming response."""
-        return {**self._envelope(chunk=False), "choices": [self._choice(result.text, result.finish_reason, chunk=False)],
-                "usage": usage(result), "quickdraft": quickdraft_stats(result)}
+        choice = self._choice(result.text, result.finish_reason, chunk=False)
+        return {**self._envelope(chunk=False), "choices": [choice], "usage": usage(result),
+                "quickdraft": quickdraft_stats(result)}
 
     def opening_chunk(self) -> dict[str, Any] | None:
         """Chat streams start with the assistant's role; completion streams have no opening chunk."""
