@@ -70,7 +70,7 @@ def tiny_engine(tiny_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_method_options(tiny_engine, tmp_path_factory) -> dict:
+def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
     """Options a method needs on the tiny model, by method name (the lossless suite passes them).
 
     ``ppd`` and ``heads`` need an adapter made for the tiny model: an untrained
@@ -85,6 +85,7 @@ def tiny_method_options(tiny_engine, tmp_path_factory) -> dict:
         path = folder / f"{kind}.safetensors"
         save_adapter(path, untrained_adapter(tiny_engine.target, kind))
         options[kind] = {"adapter": str(path)}
+    options["draft"] = {"draft_model": str(tiny_draft_dir)}  # a second tiny model, same tokenizer
     return options
 
 

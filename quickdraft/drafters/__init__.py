@@ -7,6 +7,9 @@ from . import ar as _ar  # noqa: F401  (registers "ar")
 from . import pld as _pld  # noqa: F401  (registers "pld")
 from . import pld_tree as _pld_tree  # noqa: F401  (registers "pld-tree")
 from . import recycle as _recycle  # noqa: F401  (registers "recycle")
+from . import draft_model as _draft_model  # noqa: F401  (registers "draft")
+from . import swift as _swift  # noqa: F401  (registers "swift")
+from . import early_exit as _early_exit  # noqa: F401  (registers "early-exit")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation
 from .registry import BuildContext, MethodSpec, get_method, methods, register

@@ -1,0 +1,123 @@
+"""``draft``: a separate small draft model (Leviathan et al. 2023; Chen et al. 2023).
+
+The draft model (``draft_model`` option, CLI ``--draft-model``: an alias, a
+``.gguf`` file, a model directory or a hub id, loaded in the target's dtype)
+must share the target's vocabulary: identical, or identical on every ordinary
+token with differences only in special/added or padding tokens, which are then
+mapped by their text (:func:`vocab_map`). Anything else is refused with the
+first differing token named.
+
+The draft keeps its own KV cache in step with the committed tokens (see
+:class:`~quickdraft.drafters.lm.DraftSession`). Drafting (chains with an
+adaptive or fixed length, or dynamic trees with ``tree=true``) is
+:class:`~quickdraft.drafters.model_drafter.ModelDrafter`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QuickdraftError
+from .base import Drafter
+from .lm import WholeModelLM
+from .model_drafter import ModelDrafter, TreeShape, VocabMap, forward_cost
+from .registry import BuildContext, register
+
+DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids.update(int(i) for i in (getattr(tokenizer, "added_tokens_decoder", None) or {}))
+    return ids
+
+
+def vocab_map(target_tok, draft_tok, *, target_vocab: int, draft_vocab: int,
+              target_name: str = "target", draft_name: str = "draft") -> VocabMap:
+    """Check two tokenizers are compatible and map target ids to draft ids.
+
+    target_vocab / draft_vocab: the models' output sizes (embedding rows may
+    exceed the tokenizer's entries: padding rows, never mapped).
+
+    Raises QuickdraftError naming the first token id where an ordinary (not
+    special or added) token differs.
+    """
+    t_vocab, d_vocab = target_tok.get_vocab(), draft_tok.get_vocab()  # token text -> id
+    if t_vocab == d_vocab and target_vocab == draft_vocab:
+        return VocabMap(None, draft_vocab)
+    t_text = {i: s for s, i in t_vocab.items()}
+    d_text = {i: s for s, i in d_vocab.items()}
+    t_special, d_special = _special_ids(target_tok), _special_ids(draft_tok)
+    ordinary = sorted({i for i in t_text if i not in t_special} | {i for i in d_text if i not in d_special})
+    for i in ordinary:
+        t, d = t_text.get(i), d_text.get(i)
+        if t != d or i in t_special or i in d_special:
+            def show(text, special):
+                return "nothing" if text is None else repr(text) + (" (special)" if special else "")
+            raise QuickdraftError(
+                f"the draft model {draft_name} does not share the vocabulary of {target_name}: token id {i} is "
+                f"{show(t, i in t_special)} in the target but {show(d, i in d_special)} in the draft"
+            )
+    to_draft = np.full(target_vocab, -1, dtype=np.int64)
+    for text, i in t_vocab.items():
+        j = d_vocab.get(text)
+        if i < target_vocab and j is not None and j < draft_vocab:
+            to_draft[i] = j
+    if target_vocab == draft_vocab and np.array_equal(to_draft, np.arange(target_vocab)):
+        return VocabMap(None, draft_vocab)
+    return VocabMap(to_draft, draft_vocab)
+
+
+def parse_bool(value) -> bool:
+    """Options from the command line arrive as text: ``true``/``false``/``1``/``0``."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def drafter_settings(ctx: BuildContext) -> dict:
+    """ModelDrafter keyword arguments from the shared options: k, max_k, cost, tree, width, depth, nodes."""
+    opts = ctx.pick("k", "max_k", "cost", "tree", "width", "depth", "nodes")
+    out = {}
+    for name in ("k", "max_k"):
+        if name in opts:
+            out[name] = int(opts[name])
+    if "cost" in opts:
+        out["cost"] = float(opts["cost"])
+    if parse_bool(opts.get("tree", False)):
+        shape = {name: int(opts[name]) for name in ("width", "depth", "nodes") if name in opts}
+        out["tree"] = TreeShape(**shape)
+    elif any(name in opts for name in ("width", "depth", "nodes")):
+        raise ValueError("width, depth and nodes are tree settings: add tree=true")
+    return out
+
+
+class DraftModelDrafter(ModelDrafter):
+    """A :class:`ModelDrafter` over a separate draft model (kept for ``isinstance`` checks and repr)."""
+
+
+@register("draft", lossless=True,
+          description="a separate small draft model (--draft-model), adaptive length; tree=true for dynamic trees")
+def build(ctx: BuildContext) -> Drafter:
+    from ..models import load_model
+
+    target = ctx.target
+    spec = ctx.options.get("draft_model")
+    if not spec:
+        raise QuickdraftError("method 'draft' needs a draft model: --draft-model NAME (or options={'draft_model': ...})")
+    if spec == target.name:
+        model, tokenizer, name = target.model, target.tokenizer, target.name  # the target drafts for itself
+    else:
+        loaded = load_model(str(spec), dtype=DTYPE_NAMES.get(str(target.dtype), "float32"), device=str(target.device))
+        model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.name
+    lm = WholeModelLM(model)
+    vocab = vocab_map(target.tokenizer, tokenizer, target_vocab=target.vocab_size, draft_vocab=lm.vocab_size,
+                      target_name=target.name, draft_name=name)
+    settings = {"cost": forward_cost(model) / forward_cost(target.model), **drafter_settings(ctx)}
+    fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return DraftModelDrafter(lm, vocab=vocab, fallback_id=int(fallback), **settings)
