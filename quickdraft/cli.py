@@ -85,8 +85,9 @@ def _stats_line(result) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming text")
 @click.option("--adapter", default=None, help="trained drafter adapter (.safetensors) for ppd/heads "
               "[default: the one shipped for the model]")
+@click.option("--datastore", default=None, help="retrieval datastore for rest (see `quickdraft index build`)")
 def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, seed, dtype, threads, system,
-             no_chat, stop, prompt_file, show_stats, as_json, adapter) -> None:
+             no_chat, stop, prompt_file, show_stats, as_json, adapter, datastore) -> None:
     """Generate an answer to PROMPT, streamed as it is produced."""
     from .drafters import get_method
     from .engine import load
@@ -100,6 +101,8 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
     if adapter is not None:
         kwargs["options"] = {"adapter": adapter}
+    if datastore is not None:
+        kwargs["options"] = {**kwargs.get("options", {}), "datastore": datastore}
     result = None
     for item in engine.events(text, **kwargs):
         if isinstance(item, str):
@@ -309,6 +312,24 @@ def train(kind, model, out, data, steps, minutes, lr, anchors, sequences, prompt
                           prompt_tokens=prompt_tokens, heads=heads, rank=rank, max_new_tokens=answer_tokens, seed=seed)
     for line in report.lines():
         click.echo(line)
+
+
+@main.group()
+def index() -> None:
+    """Retrieval datastores for the rest method."""
+
+
+@index.command("build")
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("--out", required=True, help="datastore directory to write")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="the model whose tokenizer to use")
+def index_build(corpus, out, model) -> None:
+    """Index CORPUS files (text, or JSONL with text/turns fields) for `generate --method rest --datastore OUT`."""
+    from .datastore import index_corpus
+
+    meta = index_corpus(list(corpus), out, model=model)
+    click.echo(f"indexed {meta['tokens']} tokens in {meta['documents']} documents from {len(corpus)} file(s) "
+               f"with the tokenizer of {meta['model']} -> {out}")
 
 
 if __name__ == "__main__":

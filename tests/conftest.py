@@ -86,7 +86,24 @@ def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
         save_adapter(path, untrained_adapter(tiny_engine.target, kind))
         options[kind] = {"adapter": str(path)}
     options["draft"] = {"draft_model": str(tiny_draft_dir)}  # a second tiny model, same tokenizer
+    options["rest"] = {"datastore": str(make_datastore(tiny_engine, TINY_CORPUS, folder / "rest-datastore"))}
     return options
+
+
+# A corpus for the rest datastore on the tiny model (the lossless suite's prompts and more).
+TINY_CORPUS = [
+    "the quick brown fox jumps over the lazy dog. the quick brown fox jumps again",
+    "abcabcabcabcabc",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt",
+]
+
+
+def make_datastore(engine, texts, path: Path) -> Path:
+    """A rest datastore over ``texts`` with the engine's tokenizer."""
+    from quickdraft.datastore import build_datastore
+
+    build_datastore(texts, engine.tokenizer, path, model_name=engine.model_name)
+    return path
 
 
 @pytest.fixture(scope="session")

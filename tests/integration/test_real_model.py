@@ -19,12 +19,21 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def real_method_options(real_engine, tmp_path_factory) -> dict:
+    """Options a method needs on the real model: rest gets a datastore built from these prompts."""
+    from tests.conftest import make_datastore
+
+    folder = tmp_path_factory.mktemp("real-options")
+    return {"rest": {"datastore": str(make_datastore(real_engine, PROMPTS, folder / "rest-datastore"))}}
+
+
 @pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
-def test_method_equals_plain_greedy_on_the_real_model(real_engine, method):
+def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_options, method):
     drafted = accepted = 0
     for prompt in PROMPTS:
         expected = real_engine.generate(prompt, method="ar", max_new_tokens=64)
-        got = real_engine.generate(prompt, method=method, max_new_tokens=64)
+        got = real_engine.generate(prompt, method=method, max_new_tokens=64, options=real_method_options.get(method))
         assert got.token_ids == expected.token_ids, f"{method} diverged on {prompt[:40]!r}"
         assert got.text == expected.text
         drafted += got.stats.drafted_tokens

@@ -1,0 +1,289 @@
+"""``ngram``: adaptive n-gram drafting, in the spirit of ADED (Liu et al. 2024).
+
+ADED ("Adaptive Draft-Verification for Efficient LLM Decoding") keeps tri-gram
+statistics of the model's own outputs, adapts them as decoding goes, and
+searches the draft space with an exploration/exploitation trade-off (MCTS).
+Here:
+
+* :class:`NgramTable` holds bigram and trigram successor counts, learned from
+  committed tokens (the prompt and every emitted token) and, optionally, from
+  the target's argmax at verified tree nodes that were not committed (the
+  target told us what follows that node's two tokens; cheap extra signal).
+  Counts in a context decay each time that context is updated (recent
+  behaviour wins), each context keeps at most ``max_successors`` tokens
+  (space-saving replacement of the weakest) and at most ``max_contexts``
+  contexts are kept (least recently updated evicted first): memory is bounded,
+  and the table persists across requests of one engine.
+* :func:`best_first_tree` builds the draft tree by repeatedly adding the
+  frontier node with the highest cumulative probability (product of
+  conditional probabilities along its path). Siblings of an uncertain node
+  therefore enter the tree before a long, unlikely chain does. Exploration:
+  a context seen only a few times gets an optimism bonus ``explore /
+  sqrt(1 + seen)`` on its successor probabilities (a UCB-style term), so
+  little-known continuations are verified, and thereby learned, instead of
+  being starved by confident ones.
+
+Everything here only proposes tokens; acceptance is the engine's, so the
+method is lossless whatever the statistics say.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from .base import Draft, DraftContext, Drafter, StepOutcome
+from .registry import BuildContext, register
+
+DEFAULT_NODES = 24  # draft nodes per step for a target that cannot be profiled
+
+
+class NgramTable:
+    """Bigram and trigram successor weights with bounded memory.
+
+    A context is a tuple of one (bigram) or two (trigram) preceding tokens.
+
+    >>> table = NgramTable(decay=1.0)
+    >>> table.learn([1, 2, 3, 1, 2, 4, 1, 2, 3])
+    >>> table.successors((1, 2))        # (token, weight), heaviest first
+    [(3, 2.0), (4, 1.0)]
+    >>> table.successors((2,))
+    [(3, 2.0), (4, 1.0)]
+    >>> [(t, round(p, 3)) for t, p in table.predict(1, 2)]   # trigram smoothed toward the bigram
+    [(3, 0.667), (4, 0.333)]
+    """
+
+    def __init__(self, *, max_contexts: int = 200_000, max_successors: int = 8, decay: float = 0.9) -> None:
+        if max_contexts < 1 or max_successors < 1:
+            raise ValueError("max_contexts and max_successors must be >= 1")
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.max_contexts, self.max_successors, self.decay = max_contexts, max_successors, decay
+        # context -> {token: weight}; insertion order = least recently updated first
+        self._table: OrderedDict[tuple[int, ...], dict[int, float]] = OrderedDict()
+        self._seen: dict[tuple[int, ...], int] = {}  # context -> updates so far (for the exploration bonus)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def add(self, context: tuple[int, ...], token: int, weight: float = 1.0) -> None:
+        """One observation of ``token`` after ``context``."""
+        succ = self._table.get(context)
+        if succ is None:
+            succ = self._table[context] = {}
+            if len(self._table) > self.max_contexts:
+                old, _ = self._table.popitem(last=False)
+                self._seen.pop(old, None)
+        else:
+            self._table.move_to_end(context)
+            if self.decay < 1.0:
+                for t in succ:
+                    succ[t] *= self.decay
+        if token in succ:
+            succ[token] += weight
+        elif len(succ) < self.max_successors:
+            succ[token] = weight
+        else:  # space-saving: the newcomer takes the weakest slot and inherits its weight
+            weakest = min(succ, key=succ.__getitem__)
+            floor = succ.pop(weakest)
+            succ[token] = floor + weight
+        self._seen[context] = self._seen.get(context, 0) + 1
+
+    def learn(self, tokens: Sequence[int], history: Sequence[int] = (), weight: float = 1.0) -> None:
+        """Observe ``tokens`` in order, preceded by ``history`` (its last two tokens are used)."""
+        prev = [int(t) for t in history[-2:]]
+        for token in tokens:
+            token = int(token)
+            if prev:
+                self.add((prev[-1],), token, weight)
+            if len(prev) == 2:
+                self.add((prev[0], prev[1]), token, weight)
+            prev = (prev + [token])[-2:]
+
+    def successors(self, context: tuple[int, ...]) -> list[tuple[int, float]]:
+        """(token, weight) pairs after ``context``, heaviest first (ties: smaller token first)."""
+        succ = self._table.get(context, {})
+        return sorted(succ.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    def seen(self, context: tuple[int, ...]) -> int:
+        return self._seen.get(context, 0)
+
+    def predict(self, a: int | None, b: int, *, smoothing: float = 1.0) -> list[tuple[int, float]]:
+        """P(next | a, b): the trigram estimate smoothed toward the bigram one, most likely first.
+
+        ``p(t) = (w3(t) + smoothing * p2(t)) / (W3 + smoothing)`` where w3 are
+        the trigram weights (W3 their sum) and p2 the normalised bigram weights.
+        Without a trigram this is the bigram estimate; without either, [].
+        """
+        bigram = dict(self.successors((b,)))
+        total2 = sum(bigram.values())
+        p2 = {t: w / total2 for t, w in bigram.items()} if total2 > 0 else {}
+        trigram = dict(self.successors((a, b))) if a is not None else {}
+        total3 = sum(trigram.values())
+        if total3 <= 0:
+            out = p2
+        else:
+            lam = smoothing if p2 else 0.0
+            out = {t: (trigram.get(t, 0.0) + lam * p2.get(t, 0.0)) / (total3 + lam) for t in set(trigram) | set(p2)}
+        return sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def best_first_tree(
+    history: tuple[int | None, int],
+    predict: Callable[[int | None, int], list[tuple[int, float]]],
+    *,
+    nodes: int,
+    max_depth: int,
+    width: int = 4,
+    min_prob: float = 0.0,
+) -> tuple[list[int], list[int]]:
+    """Grow a draft tree by cumulative probability: (tokens, parents) as in :mod:`quickdraft.tree`.
+
+    history: the two tokens before the first drafted one (the last committed
+        token is ``history[1]``; ``history[0]`` may be None).
+    predict(a, b): candidate next tokens after ``a, b`` with probabilities.
+    Repeatedly adds the frontier candidate whose path probability is highest
+    (ties: the earlier-pushed one), considering the ``width`` best successors
+    of every node, until ``nodes`` nodes, depth ``max_depth``, or no candidate
+    with path probability >= ``min_prob`` is left.
+
+    >>> table = {(None, 1): [(2, 0.9), (3, 0.1)], (1, 2): [(4, 0.5), (5, 0.5)]}
+    >>> best_first_tree((None, 1), lambda a, b: table.get((a, b), []), nodes=3, max_depth=4)
+    ([2, 4, 5], [0, 1, 1])
+    """
+    tokens: list[int] = []
+    parents: list[int] = []
+    if nodes <= 0 or max_depth <= 0:
+        return tokens, parents
+    counter = 0  # tie-breaker: first pushed, first popped
+    frontier: list[tuple[float, int, int, int, int, int | None, int]] = []
+
+    def push(node: int, depth: int, prob: float, a: int | None, b: int) -> None:
+        nonlocal counter
+        if depth >= max_depth:
+            return
+        for token, p in predict(a, b)[:width]:
+            path_prob = prob * p
+            if path_prob >= min_prob and path_prob > 0:
+                heapq.heappush(frontier, (-path_prob, counter, node, depth + 1, token, b, token))
+                counter += 1
+
+    push(0, 0, 1.0, history[0], history[1])
+    while frontier and len(tokens) < nodes:
+        neg_prob, _, parent, depth, token, a, b = heapq.heappop(frontier)
+        tokens.append(token)
+        parents.append(parent)
+        push(len(tokens), depth, -neg_prob, a, b)
+    return tokens, parents
+
+
+class NgramDrafter(Drafter):
+    """Drafts trees from an :class:`NgramTable` that learns as decoding goes.
+
+    The table is kept across requests (``reset`` only forgets where the
+    current request's committed tokens have been read up to). nodes: a fixed
+    node budget; else ``budget`` (an :class:`AdaptiveNodeBudget` on the
+    machine's latency profile) chooses per step; with neither, DEFAULT_NODES.
+    The tree is built best first, so its first m nodes are the tree it would
+    build with m, as the adaptive budget assumes.
+    """
+
+    def __init__(self, *, nodes: int | None = None, budget: AdaptiveNodeBudget | None = None, max_depth: int = 10,
+                 width: int = 4, explore: float = 0.1, min_prob: float = 0.01, learn_target: bool = True,
+                 target_weight: float = 0.5, decay: float = 0.9, max_contexts: int = 200_000, max_successors: int = 8,
+                 eos_ids: frozenset[int] = frozenset()) -> None:
+        if (nodes is not None and nodes < 1) or max_depth < 1 or width < 1:
+            raise ValueError("nodes, max_depth and width must be >= 1")
+        if explore < 0 or min_prob < 0 or target_weight < 0:
+            raise ValueError("explore, min_prob and target_weight must be >= 0")
+        self.table = NgramTable(max_contexts=max_contexts, max_successors=max_successors, decay=decay)
+        self.budget = budget if nodes is None else None
+        self.nodes = nodes if nodes is not None or budget is not None else DEFAULT_NODES
+        self.max_depth, self.width = max_depth, width
+        self._used = 0  # the node budget of the pending draft
+        self.explore, self.min_prob = explore, min_prob
+        self.learn_target, self.target_weight = learn_target, target_weight
+        self.eos_ids = eos_ids
+        self._read = 0  # committed tokens of this request already learned
+        self._history: tuple[int, ...] = ()  # the last two committed tokens
+
+    def reset(self) -> None:
+        self._read = 0
+        self._history = ()
+
+    def _predict(self, a: int | None, b: int) -> list[tuple[int, float]]:
+        probs = self.table.predict(a, b)
+        if self.explore <= 0 or not probs:
+            return probs
+        seen = self.table.seen((a, b)) if a is not None else self.table.seen((b,))
+        bonus = self.explore / math.sqrt(1 + seen)
+        return [(t, min(1.0, p + bonus)) for t, p in probs]
+
+    def propose(self, context: DraftContext) -> Draft:
+        tokens = context.tokens
+        if len(tokens) < self._read:  # a different sequence than we were following
+            self._read = 0
+        if len(tokens) > self._read:
+            history = tokens[max(0, self._read - 2): self._read] if self._read else ()
+            self.table.learn(tokens[self._read:], history=[int(t) for t in history])
+            self._read = len(tokens)
+        self._history = tuple(int(t) for t in tokens[-2:])
+        if not self._history:
+            return Draft()
+        size = self.nodes if self.budget is None else self.budget.next_budget()
+        if context.nodes is not None:
+            size = min(size, context.nodes)
+        self._used = size
+        depth = min(self.max_depth, context.budget)
+        a = self._history[0] if len(self._history) == 2 else None
+        drafted, parents = best_first_tree((a, self._history[-1]), self._predict, nodes=size,
+                                           max_depth=depth, width=self.width, min_prob=self.min_prob)
+        return Draft(tokens=tuple(drafted), parents=tuple(parents))
+
+    def observe(self, outcome: StepOutcome) -> None:
+        if not self._history:
+            return
+        if len(outcome.draft):
+            if self.budget is not None:
+                self.budget.record(self._used, outcome.path)
+            if self.learn_target:
+                self._learn_from_target(outcome)
+        # Learn the emitted tokens now (the next propose would too, but a
+        # request's last step has no next propose).
+        emitted = []
+        for token in outcome.tokens:
+            emitted.append(token)
+            if token in self.eos_ids:
+                break
+        self.table.learn(emitted, history=list(self._history))
+        self._read += len(emitted)
+
+    def _learn_from_target(self, outcome: StepOutcome) -> None:
+        """The target's argmax at each verified node that will not be committed."""
+        draft = outcome.draft
+        parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
+        node_token = (self._history[-1], *draft.tokens)  # token of node i
+        committed_nodes = {0, *outcome.path}
+        best = outcome.target_logits.argmax(dim=-1).tolist()  # [n + 1]
+        for node in range(1, len(draft) + 1):
+            if node in committed_nodes:
+                continue
+            a, b = node_token[parents[node - 1]], node_token[node]  # the node's parent token and its own
+            self.table.add((b,), best[node], self.target_weight)
+            self.table.add((a, b), best[node], self.target_weight)
+
+
+@register("ngram", lossless=True,
+          description="adaptive n-grams (ADED-style): bi/trigram stats of the model's outputs, drafted as a tree")
+def build(ctx: BuildContext) -> Drafter:
+    options = ctx.pick("nodes", "max_depth", "width", "explore", "min_prob", "learn_target", "target_weight",
+                       "decay", "max_contexts", "max_successors")
+    budget = None if options.get("nodes") else adaptive_node_budget(ctx.target)
+    eos = getattr(ctx.target, "eos_ids", frozenset())
+    return NgramDrafter(budget=budget, eos_ids=frozenset(eos), **options)
+
+
+__all__ = ["NgramDrafter", "NgramTable", "best_first_tree"]
