@@ -213,6 +213,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
+    warm = {n: m["warmup_rss_mb"] for n, m in methods.items() if m.get("warmup_rss_mb") is not None}
+    if warm:
+        lines += ["", "Process peak memory (RSS high-water mark, so it only grows) after each method's warm-up: "
+                  + ", ".join(f"`{n}` {v:.0f} MB" for n, v in warm.items()) + "."]
     lines += [
         "",
         "## Overall",

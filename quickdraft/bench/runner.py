@@ -528,9 +528,14 @@ def manifest_for(config: BenchConfig, suite: Suite, names: Sequence[str]) -> dic
     return {
         "model": config.model, "draft_model": config.draft_model, "dtype": config.dtype, "device": config.device,
         "threads": config.threads, "suite": suite.name, "suite_fingerprint": suite.fingerprint(),
-        "prompts": [p.id for p in suite.prompts], "methods": list(names), "options": config.options,
+        "prompts": [p.id for p in suite.prompts], "methods": list(names), "options": _clean(config.options),
         **asdict(config.settings),
     }
+
+
+def _clean(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Options without empty groups, so ``{}`` and ``{"": {}}`` mean the same."""
+    return {k: dict(v) for k, v in sorted(options.items()) if v}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -592,7 +597,7 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
         model=engine.model_name, dtype=str(engine.target.dtype).replace("torch.", ""),
         device=str(engine.target.device), threads=torch.get_num_threads(), suite=suite.name,
         settings=config.settings, lossless={b.name: b.lossless for b in backends},
-        categories=suite.categories, prompts=len(suite.prompts), options=config.options,
+        categories=suite.categories, prompts=len(suite.prompts), options=_clean(config.options),
         draft_model=config.draft_model, warmup_rss_mb=rss, peak_rss_mb=peak_rss_mb(), command=command,
     )
     results = report.aggregate(log_.read(), info)

@@ -23,7 +23,7 @@ def test_bench_writes_everything_and_resume_keeps_records(cli, tiny_dir, small_s
         p.name for p in out.iterdir()}
     assert "hf-pld" in result.stdout and "speedup" in result.stdout  # the summary table
     data = json.loads((out / "results.json").read_text())
-    assert list(data["methods"]) == ["ar", "pld", "hf-pld"] and data["options"] == {"": {}, "pld": {"k": 4}}
+    assert list(data["methods"]) == ["ar", "pld", "hf-pld"] and data["options"] == {"pld": {"k": 4}}
     assert data["command"].startswith("quickdraft bench --methods pld,hf-pld --suite ")
     records = (out / "records.jsonl").read_text()
     assert len(records.splitlines()) == 9
