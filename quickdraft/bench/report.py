@@ -207,7 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{results['prompts']} prompts in {len(cats)} categories, up to {results['max_new_tokens']} new tokens per "
         f"turn, {mode}, {results['repeats']} repeat(s), {results['dtype']} on {results['device']} with "
-        f"{results['threads']} threads. Peak memory of the process: {_fmt(results['peak_rss_mb'], '.0f', ' MB')}. "
+        f"{results['threads']} thread(s). Peak memory of the process: {_fmt(results['peak_rss_mb'], '.0f', ' MB')}. "
         f"Measured {results['created']} with "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
     ]
@@ -284,7 +284,7 @@ def plot_speedup(results: dict[str, Any], path: Path) -> None:
     """Grouped bars: one group per category (and overall), one bar per method."""
     methods = [m for m in results["methods"] if m != BASELINE]
     groups = [*results["categories"], "overall"]
-    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.0)
+    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.0 + 0.25 * (len(methods) // 6))
     ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     for i, name in enumerate(methods):
@@ -295,26 +295,28 @@ def plot_speedup(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylabel("speedup over ar (×)")
     ax.set_title(f"{results['model']} ({results['dtype']}), {results['suite']} suite")
-    ax.legend(fontsize="small", ncols=min(4, len(methods) + 1))
+    fig.legend(loc="outside lower center", fontsize="small", ncols=min(6, len(methods) + 1))
     fig.savefig(path)
 
 
 def plot_accepted(results: dict[str, Any], path: Path) -> None:
     """Accepted draft tokens per target pass: one histogram per method that drafts (share of passes)."""
-    shown = [(n, m["overall"]["accepted_hist"]) for n, m in results["methods"].items()
-             if m["overall"]["accepted_hist"] and set(m["overall"]["accepted_hist"]) != {"0"}]
+    shown = [(n, m["overall"]) for n, m in results["methods"].items()
+             if m["overall"].get("accepted_hist") and set(m["overall"]["accepted_hist"]) != {"0"}]
     cols = min(3, max(1, len(shown)))
     rows = max(1, -(-len(shown) // cols))
     fig = _figure(4.0 * cols, 2.8 * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
-    for ax, (name, hist) in zip(axes.flat, shown):
+    for ax, (name, overall) in zip(axes.flat, shown):
+        hist = overall["accepted_hist"]
         ax.set_visible(True)
         total = sum(hist.values())
         keys = sorted(int(k) for k in hist)
         ax.bar(keys, [hist[str(k)] / total for k in keys])
-        ax.set_title(name)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(f"{name} (mean accepted {_fmt(overall['mean_accepted'], '.2f')})", fontsize="medium")
         ax.set_xlabel("accepted draft tokens per pass")
         ax.set_ylabel("share of passes")
     if not shown:

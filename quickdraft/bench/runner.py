@@ -273,8 +273,13 @@ def _sync(device: torch.device) -> None:
 
 
 def build_backends(engine, names: Sequence[str], *, options: dict[str, dict[str, Any]] | None = None,
-                   draft_model: str | None = None, dtype: str = "auto") -> list[Backend]:
-    """A backend per method name (``resolve_methods`` order). Loads the draft model for hf-assisted."""
+                   draft_model: str | None = None) -> list[Backend]:
+    """A backend per method name (``resolve_methods`` order).
+
+    For hf-assisted the draft model is loaded in the engine's dtype and device.
+    Our methods get ``draft_model`` among their options (drafters that do not
+    use it ignore it).
+    """
     options = options or {"": {}}
     assistant = assistant_tokenizer = None
     if "hf-assisted" in names:
@@ -570,8 +575,7 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
 
         engine = load(config.model, dtype=config.dtype, device=config.device, threads=config.threads)
     if backends is None:
-        backends = build_backends(engine, prepared.methods, options=config.options, draft_model=config.draft_model,
-                                  dtype=config.dtype)
+        backends = build_backends(engine, prepared.methods, options=config.options, draft_model=config.draft_model)
     # Every first turn must fit the model: fail before anything is measured or written.
     for prompt in suite.prompts:
         engine.prepare(_probe_messages(prompt), max_new_tokens=config.settings.max_new_tokens)
