@@ -589,7 +589,7 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
     out.mkdir(parents=True, exist_ok=True)
     log_ = RecordLog(out / RECORDS)
     if config.force:
-        for name in (RECORDS, MANIFEST):
+        for name in (RECORDS, MANIFEST, "results.json", "report.md", "speedup.png", "accepted_hist.png"):
             (out / name).unlink(missing_ok=True)
     done = {record_key(r) for r in log_.read(repair=True)}
     manifest = manifest_for(config, suite, prepared.methods)
