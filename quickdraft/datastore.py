@@ -289,13 +289,19 @@ def build_datastore(texts: Iterable[str], tokenizer, out: str | os.PathLike, *, 
     ``out`` may not exist yet, or be an earlier datastore (replaced); any
     other existing path is refused rather than overwritten.
     """
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))):
-        raise QuickdraftError(f"{out} exists and is not a quickdraft datastore; choose another --out")
-    texts = list(texts)
+    _check_out(Path(out))
     tokens = tokenize_documents(texts, tokenizer)
     if len(tokens) == 0:
         raise QuickdraftError("the corpus has no text to index" + (f" ({', '.join(sources)})" if sources else ""))
+    return save_datastore(tokens, tokenizer, out, model_name=model_name, sources=sources)
+
+
+def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, model_name: str,
+                   sources: Sequence[str] = ()) -> dict:
+    """Index token ids (documents each followed by SEP, as :func:`tokenize_documents` makes them) into ``out``."""
+    out = Path(out)
+    _check_out(out)
+    tokens = np.asarray(tokens, dtype=np.int32)
     suffix_array = build_suffix_array(tokens)
     meta = {
         "format": FORMAT, "version": VERSION, "model": model_name, "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -314,6 +320,11 @@ def build_datastore(texts: Iterable[str], tokenizer, out: str | os.PathLike, *, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))):
+        raise QuickdraftError(f"{out} exists and is not a quickdraft datastore; choose another --out")
 
 
 def load_tokenizer(spec: str):
@@ -340,5 +351,5 @@ def index_corpus(corpus: Sequence[str], out: str | os.PathLike, *, model: str) -
 
 __all__ = [
     "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "index_corpus", "load_tokenizer",
-    "read_documents", "tokenize_documents", "tokenizer_fingerprint",
+    "read_documents", "save_datastore", "tokenize_documents", "tokenizer_fingerprint",
 ]

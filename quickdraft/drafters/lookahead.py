@@ -32,6 +32,12 @@ commit -> observe), without touching the engine:
   prefixes share nodes). The engine's greedy acceptance follows the target's
   argmax down that tree.
 
+As in the authors' implementation (its ``POOL_FROM_PROMPT`` switch), the pool
+can also take the n-grams of the committed text (``from_context``, on by
+default): the prompt's and, as decoding goes, the output's. Text the model
+copies or repeats is then drafted from the pool too, not only phrases its
+Jacobi trajectories found.
+
 Lossless: every window and candidate node is an ordinary tree node, verified
 like any other; a window node that happens to equal the target's argmax is
 accepted legitimately, a wrong one costs nothing but its slot.
@@ -156,12 +162,14 @@ class LookaheadDrafter(Drafter):
     """
 
     def __init__(self, *, window: int = 6, ngram: int = 4, candidates: int = 5, nodes: int | None = None,
-                 max_keys: int = 100_000, seed: int = 0) -> None:
+                 from_context: bool = True, max_keys: int = 100_000, seed: int = 0) -> None:
         if window < 1 or ngram < 2 or candidates < 0 or (nodes is not None and nodes < 1):
             raise ValueError("need window >= 1, ngram >= 2, candidates >= 0, nodes >= 1")
         self.width, self.n, self.n_candidates = window, ngram, candidates
         self.nodes = nodes if nodes is not None else window + candidates * (ngram - 1)
         self.pool = NgramPool(per_key=max(candidates, 1), max_keys=max_keys)
+        self.from_context = from_context
+        self._read = 0  # committed tokens of this request whose n-grams are pooled
         self._rng = np.random.default_rng(seed)
         self._window: list[int] = []  # the guesses for the tokens after the root, per request
         self._verifying: list[int] = []  # the window part of the pending draft
@@ -170,6 +178,7 @@ class LookaheadDrafter(Drafter):
 
     def reset(self) -> None:
         self._window, self._verifying, self._context = [], [], None
+        self._read = 0
 
     def _pad(self, count: int) -> list[int]:
         """Tokens drawn at random from the context (the paper starts its window from prompt tokens)."""
@@ -181,6 +190,8 @@ class LookaheadDrafter(Drafter):
     def propose(self, context: DraftContext) -> Draft:
         self._context = context.tokens
         self._root = int(context.tokens[-1])
+        if self.from_context:
+            self._pool_context(context.tokens)
         nodes = self.nodes if context.nodes is None else min(self.nodes, context.nodes)
         width = min(self.width, context.budget, nodes)
         self._verifying = []
@@ -194,6 +205,16 @@ class LookaheadDrafter(Drafter):
         for tail in self.pool.candidates(self._root)[: self.n_candidates]:
             trie.insert(tail[: context.budget])
         return Draft(tokens=tuple(trie.tokens), parents=tuple(trie.parents))
+
+    def _pool_context(self, tokens: np.ndarray) -> None:
+        """Pool the n-grams of the committed tokens not pooled yet (those ending after ``self._read``)."""
+        if len(tokens) < self._read:
+            self._read = 0
+        start = max(0, self._read - self.n + 1)
+        if len(tokens) - start >= self.n:
+            windows = np.lib.stride_tricks.sliding_window_view(tokens[start:], self.n)  # [k, n]
+            self.pool.add([tuple(w) for w in windows.tolist()])
+        self._read = len(tokens)
 
     def observe(self, outcome: StepOutcome) -> None:
         window, self._verifying = self._verifying, []
@@ -212,7 +233,7 @@ class LookaheadDrafter(Drafter):
 @register("lookahead", lossless=True,
           description="lookahead decoding: a Jacobi window refined in the verify pass feeds an n-gram pool")
 def build(ctx: BuildContext) -> Drafter:
-    return LookaheadDrafter(**ctx.pick("window", "ngram", "candidates", "nodes", "max_keys", "seed"))
+    return LookaheadDrafter(**ctx.pick("window", "ngram", "candidates", "nodes", "from_context", "max_keys", "seed"))
 
 
 __all__ = ["LookaheadDrafter", "NgramPool", "collect_ngrams", "next_window"]

@@ -53,7 +53,7 @@ def test_window_is_a_chain_of_the_first_nodes_and_candidates_hang_off_the_root()
 
 
 def test_observe_runs_one_jacobi_step_and_pools_its_ngrams():
-    drafter = LookaheadDrafter(window=3, ngram=3, candidates=2, seed=0)
+    drafter = LookaheadDrafter(window=3, ngram=3, candidates=2, seed=0, from_context=False)
     draft = drafter.propose(ctx([4, 4, 4, 4]))  # window from the context: 4 4 4
     assert draft.tokens == (4, 4, 4)
     logits = torch.eye(20)[[10, 11, 12, 13]]  # argmax at root, window nodes 1..3
@@ -67,7 +67,7 @@ def test_observe_runs_one_jacobi_step_and_pools_its_ngrams():
 
 
 def test_observe_after_an_accepted_window_keeps_the_converged_guesses():
-    drafter = LookaheadDrafter(window=4, ngram=2, candidates=0)
+    drafter = LookaheadDrafter(window=4, ngram=2, candidates=0, from_context=False)
     drafter._window = [7, 8, 9, 3]
     draft = drafter.propose(ctx([1, 6]))
     logits = torch.eye(20)[[7, 8, 9, 5, 2]]  # the target agrees with 7 8 9, then says 5 (not 3)
@@ -75,8 +75,23 @@ def test_observe_after_an_accepted_window_keeps_the_converged_guesses():
     assert drafter._window[0] == 2  # the guess after 7 8 9 3, shifted by the 4 committed tokens
 
 
+def test_the_committed_texts_ngrams_are_pooled_once_each():
+    drafter = LookaheadDrafter(window=2, ngram=3, candidates=3)
+    draft = drafter.propose(ctx([1, 2, 3, 1, 2]))
+    assert drafter.pool.candidates(1) == [(2, 3)] and drafter.pool.candidates(3) == [(1, 2)]
+    assert drafter.pool.candidates(2) == [(3, 1)]
+    drafter._verifying = []  # (skip the Jacobi part: nothing verified)
+    drafter.propose(ctx([1, 2, 3, 1, 2, 7]))  # only the new n-gram (1, 2, 7) is added
+    assert drafter.pool.candidates(1) == [(2, 7), (2, 3)]
+    assert len(drafter.pool) == 4
+    nxt = drafter.propose(ctx([5, 1]))  # a new request: both of 1's continuations are drafted
+    assert {(2, 7), (2, 3)} <= {tuple(nxt.tokens[n - 1] for n in path_to(nxt.parents, node))
+                                for node in range(1, len(nxt) + 1)}
+    assert len(draft) >= 2
+
+
 def test_a_draft_verified_differently_restarts_the_window():
-    drafter = LookaheadDrafter(window=3, ngram=3)
+    drafter = LookaheadDrafter(window=3, ngram=3, from_context=False)
     draft = drafter.propose(ctx([1, 2, 3]))
     other = Draft(tokens=(9,) + draft.tokens[1:], parents=draft.parents)
     drafter.observe(StepOutcome(draft=other, path=(), tokens=(5,), target_logits=torch.zeros(len(other) + 1, 10)))
