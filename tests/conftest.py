@@ -86,6 +86,7 @@ def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
         save_adapter(path, untrained_adapter(tiny_engine.target, kind))
         options[kind] = {"adapter": str(path)}
     options["draft"] = {"draft_model": str(tiny_draft_dir)}  # a second tiny model, same tokenizer
+    options["draft-tree"] = options["draft"]
     options["rest"] = {"datastore": str(make_datastore(tiny_engine, TINY_CORPUS, folder / "rest-datastore"))}
     return options
 

@@ -80,8 +80,12 @@ def parse_bool(value) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def drafter_settings(ctx: BuildContext) -> dict:
-    """ModelDrafter keyword arguments from the shared options: k, max_k, cost, tree, width, depth, nodes."""
+def drafter_settings(ctx: BuildContext, *, tree: bool = False) -> dict:
+    """ModelDrafter keyword arguments from the shared options: k, max_k, cost, tree, width, depth, nodes.
+
+    tree: the default of the ``tree`` option. A tree without a ``nodes`` option
+    gets its node budget per step from the machine's latency profile.
+    """
     opts = ctx.pick("k", "max_k", "cost", "tree", "width", "depth", "nodes")
     out = {}
     for name in ("k", "max_k"):
@@ -89,9 +93,13 @@ def drafter_settings(ctx: BuildContext) -> dict:
             out[name] = int(opts[name])
     if "cost" in opts:
         out["cost"] = float(opts["cost"])
-    if parse_bool(opts.get("tree", False)):
+    if parse_bool(opts.get("tree", tree)):
         shape = {name: int(opts[name]) for name in ("width", "depth", "nodes") if name in opts}
         out["tree"] = TreeShape(**shape)
+        if "nodes" not in opts:
+            from ..profile import adaptive_node_budget
+
+            out["node_budget"] = adaptive_node_budget(ctx.target)
     elif any(name in opts for name in ("width", "depth", "nodes")):
         raise ValueError("width, depth and nodes are tree settings: add tree=true")
     return out
@@ -102,14 +110,25 @@ class DraftModelDrafter(ModelDrafter):
 
 
 @register("draft", lossless=True,
-          description="a separate small draft model (--draft-model), adaptive length; tree=true for dynamic trees")
+          description="a separate small draft model (--draft-model): chains of adaptive length")
 def build(ctx: BuildContext) -> Drafter:
+    return build_draft(ctx, tree=False)
+
+
+@register("draft-tree", lossless=True,
+          description="a separate small draft model (--draft-model): dynamic trees (EAGLE-2 style)")
+def build_tree(ctx: BuildContext) -> Drafter:
+    return build_draft(ctx, tree=True)
+
+
+def build_draft(ctx: BuildContext, *, tree: bool) -> Drafter:
+    """A :class:`DraftModelDrafter` for the ``draft_model`` option (the target itself if it names the target)."""
     from ..models import load_model
 
     target = ctx.target
     spec = ctx.options.get("draft_model")
     if not spec:
-        raise QuickdraftError("method 'draft' needs a draft model: --draft-model NAME (or options={'draft_model': ...})")
+        raise QuickdraftError("this method needs a draft model: --draft-model NAME (or options={'draft_model': ...})")
     if spec == target.name:
         model, tokenizer, name = target.model, target.tokenizer, target.name  # the target drafts for itself
     else:
@@ -118,6 +137,6 @@ def build(ctx: BuildContext) -> Drafter:
     lm = WholeModelLM(model)
     vocab = vocab_map(target.tokenizer, tokenizer, target_vocab=target.vocab_size, draft_vocab=lm.vocab_size,
                       target_name=target.name, draft_name=name)
-    settings = {"cost": forward_cost(model) / forward_cost(target.model), **drafter_settings(ctx)}
+    settings = {"cost": forward_cost(model) / forward_cost(target.model), **drafter_settings(ctx, tree=tree)}
     fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return DraftModelDrafter(lm, vocab=vocab, fallback_id=int(fallback), **settings)

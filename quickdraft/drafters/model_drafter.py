@@ -17,8 +17,13 @@ Trees (option ``tree=True``), EAGLE-2 / DySpec style: from the root, the
 the ``width`` nodes with the highest cumulative draft probability (one batched
 draft pass per level, with a tree attention mask over the draft's own cache),
 and at the end the ``nodes`` best nodes overall are kept (a child's
-cumulative probability never exceeds its parent's, so the kept set is a
-tree). The tree is a deterministic function of the context, so under
+value never exceeds its parent's, so the kept set is a tree), listed best
+first, so the first m nodes are the tree a budget of m would have kept. A
+node's value is its cumulative draft probability, calibrated by the running
+acceptance per sibling rank (see ``ModelDrafter._tree``). The node budget is
+the option ``nodes`` or, by default, chosen per step from the machine's
+verify-latency profile and the running acceptance
+(:class:`~quickdraft.profile.AdaptiveNodeBudget`). The tree is a deterministic function of the context, so under
 sampling it is verified as a deterministic multi-draft (one-hot draft
 distributions, ``draft_probs=None``), which is exact whatever the shape.
 """
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..profile import AdaptiveNodeBudget
 from ..sampling import SamplingParams, make_generator, sample, target_probs
 from .adaptive import AcceptanceModel, keep_drafting
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
@@ -104,23 +110,24 @@ def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> torch.Te
 
 
 def select_tree(scores: list[float], parents: list[int], keep: int) -> list[int]:
-    """The ``keep`` best nodes (1-based) by score, closed under ancestors, in node order.
+    """The ``keep`` best nodes (1-based) by score, closed under ancestors, best first.
 
     scores[i - 1] and parents[i - 1] belong to node i; a child's score never
     exceeds its parent's (scores are products of factors <= 1 along the path),
     and ties keep the earlier (ancestor) node.
 
+    Best first is also parents first: a parent scores at least as high as its
+    child and wins ties by its smaller number.
+
     >>> select_tree([0.6, 0.3, 0.5, 0.1], [0, 0, 1, 1], keep=3)
-    [1, 2, 3]
+    [1, 3, 2]
     """
     order = sorted(range(1, len(scores) + 1), key=lambda i: (-scores[i - 1], i))[:keep]
     chosen = set(order)
-    for node in order:  # scores are monotone, so this never adds; it guards against rounding
+    for node in order:
         p = parents[node - 1]
-        while p and p not in chosen:
-            chosen.add(p)
-            p = parents[p - 1]
-    return sorted(chosen)
+        assert p == 0 or p in chosen, "a child never outscores its parent"
+    return order
 
 
 class ModelDrafter(Drafter):
@@ -131,10 +138,12 @@ class ModelDrafter(Drafter):
     k: fixed draft length (None: adaptive, at most ``max_k``).
     tree: a :class:`TreeShape` for dynamic trees (None: chains).
     fallback_id: the draft id fed for a target token the draft's vocabulary lacks.
+    node_budget: for trees, chooses the node count per step (then ``tree.nodes`` is ignored).
     """
 
     def __init__(self, lm: DraftLM, *, vocab: VocabMap | None = None, cost: float = 0.5, k: int | None = None,
-                 max_k: int = 8, tree: TreeShape | None = None, fallback_id: int = 0) -> None:
+                 max_k: int = 8, tree: TreeShape | None = None, fallback_id: int = 0,
+                 node_budget: AdaptiveNodeBudget | None = None) -> None:
         if k is not None and k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         if max_k < 1:
@@ -143,6 +152,8 @@ class ModelDrafter(Drafter):
             raise ValueError(f"cost must be > 0, got {cost}")
         self.vocab = vocab or VocabMap(None, lm.vocab_size)
         self.k, self.max_k, self.tree, self.fallback_id = k, max_k, tree, fallback_id
+        self.node_budget = node_budget if tree is not None else None
+        self._nodes_used = 0
         self.acceptance = AcceptanceModel()  # chains, and the most probable child in trees
         self.sibling_acceptance: dict[int, AcceptanceModel] = {}  # trees: the child ranked r >= 1 by its parent
         self.use(lm, cost)
@@ -227,6 +238,8 @@ class ModelDrafter(Drafter):
               committed: int) -> tuple[Draft, list[float], list[int]]:
         """An EAGLE-2 style dynamic tree; see the module docstring."""
         shape = self.tree
+        max_nodes = shape.nodes if self.node_budget is None else self.node_budget.next_budget()
+        self._nodes_used = max_nodes
         max_depth = min(shape.depth, limit)
         tokens: list[int] = []
         parents: list[int] = []
@@ -263,7 +276,7 @@ class ModelDrafter(Drafter):
             if not expand:
                 break
             best = values[expand[0] - 1]
-            expected = 1.0 + sum(sorted(values, reverse=True)[: shape.nodes])
+            expected = 1.0 + sum(sorted(values, reverse=True)[:max_nodes])
             if not keep_drafting(reach=best, next_accept=self.acceptance.rate, expected=expected,
                                  drafted=passes + 1, cost=self.cost):
                 break
@@ -289,7 +302,7 @@ class ModelDrafter(Drafter):
         self.session.truncate(committed)
         if not tokens:
             return EMPTY_DRAFT, [], []
-        keep = select_tree(values, parents, shape.nodes)
+        keep = select_tree(values, parents, max_nodes)
         renumber = {0: 0, **{old: new for new, old in enumerate(keep, start=1)}}
         draft = Draft(tokens=tuple(tokens[n - 1] for n in keep), parents=tuple(renumber[parents[n - 1]] for n in keep))
         return draft, [confs[n - 1] for n in keep], [ranks[n - 1] for n in keep]
@@ -301,6 +314,8 @@ class ModelDrafter(Drafter):
         if self._last is None or outcome.draft is not self._last[0]:
             return  # the engine cut the draft: node numbers no longer match ours
         draft, confs, ranks = self._last
+        if self.node_budget is not None and len(draft):
+            self.node_budget.record(self._nodes_used, outcome.path)
         parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
         reached = {0, *outcome.path}
         accepted = set(outcome.path)

@@ -2,7 +2,7 @@
 
 The draft is the target model with some decoder layers skipped; the first and
 the last layer always run. Candidate skip sets (evenly spread, a late block, a
-middle block; skipping a quarter up to five eighths of the layers) are measured
+middle block; skipping an eighth up to half of the layers) are measured
 on the first prompt and re-ranked by the acceptance they yield
 (:mod:`.self_spec`). Option ``skip`` (e.g. ``"4,6,8"``) fixes the skipped layers.
 """
@@ -30,7 +30,7 @@ def swift_candidates(total: int) -> list[tuple[int, ...]]:
     if total < 4:
         return [tuple(i for i in range(total) if i != s) for s in range(total)] if total > 1 else []
     out: list[tuple[int, ...]] = []
-    for ratio in (0.25, 0.375, 0.5, 0.625):
+    for ratio in (0.125, 0.25, 0.375, 0.5):
         count = min(max(1, round(ratio * total)), total - 2)
         spread = set(np.linspace(1, total - 2, count).round().astype(int).tolist())
         late = set(range(total - 1 - count, total - 1))

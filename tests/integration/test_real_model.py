@@ -25,7 +25,12 @@ def real_method_options(real_engine, tmp_path_factory) -> dict:
     from tests.conftest import make_datastore
 
     folder = tmp_path_factory.mktemp("real-options")
-    return {"rest": {"datastore": str(make_datastore(real_engine, PROMPTS, folder / "rest-datastore"))}}
+    # draft: the model drafts for itself (all accepted), priced as a cheaper draft so the adaptive length
+    # drafts; swift and early-exit: the mildest layer sets (SmolLM2-135M has no redundant depth to spare).
+    draft = {"draft_model": "smollm2-135m-instruct", "cost": 0.3}
+    return {"rest": {"datastore": str(make_datastore(real_engine, PROMPTS, folder / "rest-datastore"))},
+            "draft": draft, "draft-tree": draft, "swift": {"skip": "15", "k": 2},
+            "early-exit": {"exit_layer": 28, "k": 2}}
 
 
 @pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
