@@ -86,8 +86,11 @@ def _stats_line(result) -> str:
 @click.option("--adapter", default=None, help="trained drafter adapter (.safetensors) for ppd/heads "
               "[default: the one shipped for the model]")
 @click.option("--datastore", default=None, help="retrieval datastore for rest (see `quickdraft index build`)")
+@click.option("--draft-model", default=None, help="draft model for draft/draft-tree (same forms as --model)")
+@click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
+              help="drafter option (repeatable); e.g. k=4, tree=true, skip=4,6,8")
 def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, seed, dtype, threads, system,
-             no_chat, stop, prompt_file, show_stats, as_json, adapter, datastore) -> None:
+             no_chat, stop, prompt_file, show_stats, as_json, adapter, datastore, draft_model, option_pairs) -> None:
     """Generate an answer to PROMPT, streamed as it is produced."""
     from .drafters import get_method
     from .engine import load
@@ -103,6 +106,13 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
         kwargs["options"] = {"adapter": adapter}
     if datastore is not None:
         kwargs["options"] = {**kwargs.get("options", {}), "datastore": datastore}
+    if draft_model is not None or option_pairs:
+        from .bench.runner import options_for, parse_options
+
+        extra = options_for(method, parse_options(option_pairs))
+        if draft_model is not None:
+            extra["draft_model"] = draft_model
+        kwargs["options"] = {**kwargs.get("options", {}), **extra}
     result = None
     for item in engine.events(text, **kwargs):
         if isinstance(item, str):
@@ -129,6 +139,27 @@ def methods() -> None:
 
     for spec in all_methods():
         click.echo(f"{spec.name:<12} {'lossless' if spec.lossless else 'LOSSY':<9} {spec.description}")
+    click.echo("combine methods with '+' (e.g. pld+recycle): one tree merged from their drafts")
+
+
+@main.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--refresh", is_flag=True, help="measure again even if this machine's profile is cached")
+def profile(model, dtype, threads, refresh) -> None:
+    """Show (measuring once) how verify latency grows with draft nodes here, and the node budget."""
+    from .engine import load
+    from .profile import load_or_measure, node_budget
+
+    engine = load(model, dtype=dtype, threads=threads)
+    prof = load_or_measure(engine.target, refresh=refresh)
+    click.echo(f"{prof.key.model} ({prof.key.dtype}, {prof.key.threads} threads) on {prof.key.machine}"
+               + ("" if prof.quiet else "  [measured while the machine was busy]"))
+    click.echo("draft nodes   ms/pass   x plain")
+    for nodes, seconds in zip(prof.nodes, prof.seconds):
+        click.echo(f"{nodes:>11} {seconds * 1000:>9.1f} {seconds / prof.seconds[0]:>9.2f}")
+    click.echo(f"node budget before acceptance statistics: {node_budget(engine.target)}")
 
 
 DEMO_PROMPT = """Here is a short text. Rewrite it exactly, but replace every "cat" with "dog".

@@ -157,7 +157,7 @@ class SelfSpecDrafter(ModelDrafter):
 
 def parse_layers(value, total: int) -> tuple[int, ...]:
     """A layer list from an option: ``"0,1,5"`` or a list of ints; checked against the model's layer count."""
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
     try:
         layers = tuple(sorted({int(str(i).strip()) for i in items if str(i).strip()}))
     except ValueError:
