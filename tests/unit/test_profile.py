@@ -113,3 +113,23 @@ def test_profile_cache_is_read_back_and_keyed(tiny_engine, tmp_path):
 def test_measure_latency_times_every_size(tiny_engine):
     p = measure_latency(tiny_engine.target, nodes=(0, 3, 9), budget_s=0.0)
     assert p.nodes == (0, 3, 9) and all(s > 0 and math.isfinite(s) for s in p.seconds)
+
+
+def test_profile_command_measures_once_and_prints_the_table(tiny_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from quickdraft.cli import main
+
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    args = ["profile", "--model", str(tiny_dir), "--dtype", "float32"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    header = lines.index("draft nodes   ms/pass   x plain")
+    assert lines[header - 1].startswith(tiny_dir.name + " (float32, ")
+    assert [line.split()[0] for line in lines[header + 1: header + 9]] == ["0", "1", "2", "4", "8", "16", "32", "64"]
+    assert lines[-1].startswith("node budget before acceptance statistics: ")
+    saved = list((tmp_path / "profiles").glob("*.json"))
+    assert len(saved) == 1
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and list((tmp_path / "profiles").glob("*.json")) == saved
