@@ -121,17 +121,48 @@ def update_adjacency(adjacency: torch.Tensor, node_tokens: Sequence[int], target
     adjacency[torch.from_numpy(unique)] = top[torch.from_numpy(rows)]
 
 
+class RankHits:
+    """How often the target's next token was the r-th candidate of a known matrix row.
+
+    Starts from ``prior`` as if seen ``weight`` times; :meth:`probs` feeds
+    :func:`rank_template`, so the template follows the text and the model
+    (deeper when the top candidate is usually right).
+
+    >>> hits = RankHits([0.5, 0.1], weight=10)
+    >>> hits.add(np.array([7, 3]), 7); hits.add(np.array([7, 3]), 9); hits.add(np.array([-1, -1]), 7)
+    >>> [round(p, 3) for p in hits.probs()]
+    [0.5, 0.083]
+    """
+
+    def __init__(self, prior: Sequence[float], *, weight: float = 50.0) -> None:
+        self.hits = np.asarray(prior, dtype=np.float64) * weight
+        self.lookups = float(weight)
+
+    def add(self, row: np.ndarray, token: int) -> None:
+        if row[0] < 0:  # an unknown row drafted nothing
+            return
+        self.lookups += 1.0
+        rank = np.flatnonzero(row == token)
+        if rank.size:
+            self.hits[rank[0]] += 1.0
+
+    def probs(self, floor: float = 1e-4) -> list[float]:
+        return np.maximum(self.hits / self.lookups, floor).tolist()
+
+
 class TokenRecycling(Drafter):
     """Token Recycling: a tree from the matrix of the target's recycled top-k guesses.
 
     vocab_size: rows of the matrix (the target's output vocabulary).
     topk: candidates kept per token (matrix columns) and the template's widest fan-out.
     nodes: a fixed node budget; None lets ``budget`` (an :class:`AdaptiveNodeBudget`) choose per step.
+    adapt: re-derive the template from observed rank hit rates (:class:`RankHits`)
+        every ``refresh`` steps; False keeps the static template of ``rank_probs``.
     """
 
     def __init__(self, vocab_size: int, *, topk: int = 8, nodes: int | None = None,
                  budget: AdaptiveNodeBudget | None = None, rank_probs: Sequence[float] = DEFAULT_RANK_PROBS,
-                 max_depth: int = 16) -> None:
+                 max_depth: int = 16, adapt: bool = True, refresh: int = 32) -> None:
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
         if nodes is not None and nodes < 1:
@@ -140,9 +171,12 @@ class TokenRecycling(Drafter):
         self._rows = self.adjacency.numpy()  # the same memory, for cheap scalar reads
         self.nodes = nodes
         self.budget = budget if nodes is None else None
-        max_nodes = nodes or (max(budget.candidates) if budget else 16)
-        probs = list(rank_probs)[:topk]
-        self.template = rank_template(probs, max_nodes)
+        self._max_nodes = nodes or (max(budget.candidates) if budget else 16)
+        probs = list(rank_probs)[:topk] + [min(rank_probs)] * max(0, topk - len(rank_probs))
+        self.template = rank_template(probs, self._max_nodes)
+        self.ranks = RankHits(probs) if adapt else None
+        self.refresh = refresh
+        self._steps = 0
         self.max_depth = max_depth
         self._root: int | None = None
         self._used: int = 0  # the node budget of the pending draft
@@ -154,8 +188,11 @@ class TokenRecycling(Drafter):
 
     def stats(self) -> dict:
         known = int((self.adjacency[:, 0] >= 0).sum())
-        return {"memory_bytes": self.memory_bytes, "rows_known": known, "rows": self.adjacency.shape[0],
-                "node_budget": self.nodes if self.budget is None else self.budget.choice()}
+        out = {"memory_bytes": self.memory_bytes, "rows_known": known, "rows": self.adjacency.shape[0],
+               "node_budget": self.nodes if self.budget is None else self.budget.choice()}
+        if self.ranks is not None:
+            out["rank_probs"] = [round(p, 3) for p in self.ranks.probs()]
+        return out
 
     def propose(self, context: DraftContext) -> Draft:
         size = self.nodes if self.budget is None else self.budget.next_budget()
@@ -175,6 +212,14 @@ class TokenRecycling(Drafter):
         if self._root is None:
             return
         node_tokens = [self._root, *outcome.draft.tokens]
+        if self.ranks is not None:
+            # where the next token ranked in each row we drafted along the path (before the update)
+            for node, token in zip((0, *outcome.path), outcome.tokens):
+                if node_tokens[node] < self.adjacency.shape[0]:
+                    self.ranks.add(self._rows[node_tokens[node]], token)
+            self._steps += 1
+            if self._steps % self.refresh == 0:
+                self.template = rank_template(self.ranks.probs(), self._max_nodes)
         update_adjacency(self.adjacency, node_tokens, outcome.target_logits, outcome.path)
         if self.budget is not None and len(outcome.draft):  # with nothing drafted, the budget did not matter
             self.budget.record(self._used, outcome.path)
@@ -187,11 +232,11 @@ class TokenRecycling(Drafter):
 @register("recycle", lossless=True,
           description="token recycling: a tree from a [V, 8] matrix of the target's own earlier top-8 guesses")
 def build(ctx: BuildContext) -> Drafter:
-    opts = ctx.pick("topk", "nodes", "max_depth")
+    opts = ctx.pick("topk", "nodes", "max_depth", "adapt")
     budget = None if opts.get("nodes") else adaptive_node_budget(ctx.target)
     if budget is None and not opts.get("nodes"):
         opts["nodes"] = 16
     return TokenRecycling(int(ctx.target.vocab_size), budget=budget, **opts)
 
 
-__all__ = ["TokenRecycling", "expand_template", "rank_template", "update_adjacency"]
+__all__ = ["RankHits", "TokenRecycling", "expand_template", "rank_template", "update_adjacency"]

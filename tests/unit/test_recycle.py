@@ -130,3 +130,21 @@ def test_bad_options_raise():
         TokenRecycling(vocab_size=4, topk=0)
     with pytest.raises(ValueError):
         TokenRecycling(vocab_size=4, nodes=0)
+
+
+def test_the_template_deepens_when_the_top_candidate_is_always_right():
+    from quickdraft.verify import verify_tree_greedy
+
+    drafter = TokenRecycling(vocab_size=3, topk=2, nodes=8, refresh=10)
+    drafter.adjacency[:] = torch.tensor([[1, 2], [2, 0], [0, 1]], dtype=torch.int32)  # rank 0: the cycle 0-1-2
+    before = max(depths(drafter.template[0]))
+    last = 0
+    for _ in range(40):
+        draft = drafter.propose(context([last]))
+        node_tokens = torch.tensor([last, *draft.tokens])
+        logits = torch.nn.functional.one_hot((node_tokens + 1) % 3, 3).float()  # the target follows the cycle
+        verdict = verify_tree_greedy(logits, list(draft.tokens), draft.parents)
+        drafter.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits))
+        last = verdict.tokens[-1]
+    assert drafter.stats()["rank_probs"][0] > 0.6
+    assert max(depths(drafter.template[0])) > before
