@@ -150,6 +150,7 @@ def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, context: in
     marked not ``quiet`` when other processes kept the CPU busy.
     """
     quiet = machine_is_quiet(target.device)
+    cuda = torch.device(target.device).type == "cuda"
     nodes = sorted({int(n) for n in nodes if 0 <= n < target.max_context - 2})
     context = max(1, min(context, target.max_context - max(nodes) - 2))
     vocab = int(target.vocab_size)
@@ -163,6 +164,8 @@ def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, context: in
         parents = tuple((i + 1) // 2 for i in range(n))  # node i + 1 under node (i + 1) // 2: a binary tree
         start = time.perf_counter()
         target.forward(tokens, cache, parents)
+        if cuda:
+            torch.cuda.synchronize(target.device)  # kernels run asynchronously
         elapsed = time.perf_counter() - start
         cache.truncate(base)
         return elapsed
