@@ -23,6 +23,7 @@ from torch import nn
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
+from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, best_first_tree
@@ -80,29 +81,40 @@ class MedusaHeads(Drafter):
     """Drafts trees from K heads' guesses at the last accepted node's hidden state.
 
     heads: the trained heads (already on the target's device and dtype);
-    lm_head: the target's output layer [V, H]; nodes, topk: as for ``ppd``.
+    lm_head: the target's output layer [V, H]; topk: guesses kept per head;
+    nodes: a fixed tree size, else ``budget`` (an :class:`AdaptiveNodeBudget`,
+    hardware-aware) picks it per step; the best-first tree lists nodes in
+    priority order, as that budget's statistics assume.
     """
 
     wants_hidden = True
 
-    def __init__(self, heads: ResidualHeads, lm_head: nn.Module, *, nodes: int = 10, topk: int = 4) -> None:
-        if nodes < 0 or topk < 1:
-            raise ValueError(f"need nodes >= 0 and topk >= 1; got {nodes}, {topk}")
+    def __init__(self, heads: ResidualHeads, lm_head: nn.Module, *, nodes: int | None = 10, topk: int = 4,
+                 budget: AdaptiveNodeBudget | None = None) -> None:
+        if (nodes is None and budget is None) or (nodes is not None and nodes < 0) or topk < 1:
+            raise ValueError(f"need nodes >= 0 (or a budget) and topk >= 1; got {nodes}, {topk}")
         self.heads, self.lm_head = heads, lm_head
         self.nodes, self.topk = nodes, topk
+        self.budget = budget if nodes is None else None
         self.reset()
 
     def reset(self) -> None:
         self._guesses: Guesses | None = None
+        self._size = 0
 
     def propose(self, context: DraftContext) -> Draft:
         if self._guesses is None or context.budget <= 0:
+            self._size = 0
             return EMPTY_DRAFT
-        tree = best_first_tree(self._guesses, self.nodes, max_depth=context.budget)
+        size = self.nodes if self.budget is None else self.budget.next_budget()
+        self._size = size if context.nodes is None else min(size, context.nodes)
+        tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
         return Draft(tokens=tree.tokens, parents=tree.parents)
 
     @torch.inference_mode()
     def observe(self, outcome: StepOutcome) -> None:
+        if self.budget is not None and self._size:
+            self.budget.record(self._size, outcome.path)
         if outcome.target_hidden is None:
             self._guesses = None
             return
@@ -123,7 +135,10 @@ def heads_from_adapter(adapter: Adapter, target) -> ResidualHeads:
 def build_heads(target, options: dict[str, Any]) -> MedusaHeads:
     adapter = load_adapter_for(target, KIND, options.get("adapter"))
     picked = {k: int(options[k]) for k in ("nodes", "topk") if options.get(k) is not None}
-    return MedusaHeads(heads_from_adapter(adapter, target), target.model.get_output_embeddings(), **picked)
+    budget = None if "nodes" in picked else adaptive_node_budget(target)
+    picked.setdefault("nodes", None if budget else 10)
+    return MedusaHeads(heads_from_adapter(adapter, target), target.model.get_output_embeddings(), budget=budget,
+                       **picked)
 
 
 @register("heads", lossless=True,

@@ -32,32 +32,34 @@ import torch
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
+from ..profile import CANDIDATES, AdaptiveNodeBudget, adaptive_node_budget, load_or_measure
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, best_first_tree, end_probabilities
 
 KIND = "ppd"
-
-
-def prompt_tensor_name() -> str:
-    return "prompt_embeds"
+TENSOR = "prompt_embeds"  # the adapter's one tensor: [m, H]
 
 
 class ParallelPromptDrafter(Drafter):
     """Drafts trees from the guesses of trained prompt tokens.
 
     embeds: [m, H] the prompt-token embeddings (in the target's dtype).
-    nodes: draft tree nodes per step; topk: guesses kept per depth;
-    attach: how many tree nodes (the root included) get the m prompt tokens.
+    topk: guesses kept per depth; attach: how many tree nodes (the root
+    included) get the m prompt tokens; nodes: a fixed tree size, else
+    ``budget`` (an :class:`AdaptiveNodeBudget` over the latency of the whole
+    pass, prompt tokens included: hardware-aware) picks it per step.
     """
 
-    def __init__(self, embeds: torch.Tensor, *, nodes: int = 10, topk: int = 4, attach: int = 3) -> None:
+    def __init__(self, embeds: torch.Tensor, *, nodes: int | None = 10, topk: int = 4, attach: int = 2,
+                 budget: AdaptiveNodeBudget | None = None) -> None:
         if embeds.dim() != 2 or embeds.shape[0] < 1:
             raise ValueError(f"prompt embeddings must be [m, H] with m >= 1, got {tuple(embeds.shape)}")
-        if nodes < 0 or topk < 1 or attach < 1:
-            raise ValueError(f"need nodes >= 0, topk >= 1, attach >= 1; got {nodes}, {topk}, {attach}")
+        if (nodes is None and budget is None) or (nodes is not None and nodes < 0) or topk < 1 or attach < 1:
+            raise ValueError(f"need nodes >= 0 (or a budget), topk >= 1, attach >= 1; got {nodes}, {topk}, {attach}")
         self.embeds = embeds
         self.nodes, self.topk, self.attach = nodes, topk, attach
+        self.budget = budget if nodes is None else None
         self.reset()
 
     @property
@@ -68,12 +70,18 @@ class ParallelPromptDrafter(Drafter):
         self._guesses: Guesses | None = None
         self._draft: Draft | None = None
         self._attached: dict[int, int] = {}  # tree node -> index of its first prompt token among the extras
+        self._size = 0
 
     def propose(self, context: DraftContext) -> Draft:
+        self._size = 0
         if context.budget <= 0:
             self._draft = None
             return EMPTY_DRAFT
-        tree = best_first_tree(self._guesses, self.nodes, max_depth=context.budget) if self._guesses else None
+        tree = None
+        if self._guesses is not None:
+            size = self.nodes if self.budget is None else self.budget.next_budget()
+            self._size = size if context.nodes is None else min(size, context.nodes)
+            tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
         tokens, parents = (tree.tokens, tree.parents) if tree else ((), ())
         ends = end_probabilities(tree) if tree else [1.0]
         chosen = sorted(sorted(range(len(ends)), key=lambda node: -ends[node])[: self.attach])
@@ -91,11 +99,13 @@ class ParallelPromptDrafter(Drafter):
 
     def observe(self, outcome: StepOutcome) -> None:
         self._guesses = None
+        if self.budget is not None and self._size and outcome.draft is self._draft:
+            self.budget.record(self._size, outcome.path)
         if outcome.draft is not self._draft or outcome.extra_logits is None:
             return  # not our draft (trimmed or merged elsewhere): draft nothing next step, guess afresh
         parents = outcome.draft.parents or ()
         node, shift = (outcome.path[-1] if outcome.path else 0), 0
-        while node not in self._attached:  # the root is always attached when acceptance can stop there
+        while node not in self._attached:  # borrow the deepest attached ancestor's later guesses
             if node == 0:
                 return
             node, shift = parents[node - 1], shift + 1
@@ -107,17 +117,31 @@ class ParallelPromptDrafter(Drafter):
 
 
 def embeds_from_adapter(adapter: Adapter, target) -> torch.Tensor:
-    embeds = adapter.tensors.get(prompt_tensor_name())
+    embeds = adapter.tensors.get(TENSOR)
     hidden = int(target.model.get_input_embeddings().weight.shape[1])
     if embeds is None or embeds.dim() != 2 or embeds.shape[1] != hidden:
-        raise QuickdraftError(f"ppd adapter has no [m, {hidden}] tensor {prompt_tensor_name()!r}")
+        raise QuickdraftError(f"ppd adapter has no [m, {hidden}] tensor {TENSOR!r}")
     return embeds.to(device=target.device, dtype=target.dtype)
+
+
+def _pass_budget(target, extras: int) -> AdaptiveNodeBudget | None:
+    """The adaptive node budget, charging every draft for the ``extras`` prompt tokens fed with it."""
+    if adaptive_node_budget(target) is None:  # not a profilable target (measures the profile once otherwise)
+        return None
+    profile = load_or_measure(target)
+    return AdaptiveNodeBudget(lambda nodes: profile.latency(nodes + extras), candidates=CANDIDATES)
 
 
 def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:
     adapter = load_adapter_for(target, KIND, options.get("adapter"))
+    embeds = embeds_from_adapter(adapter, target)
     picked = {k: int(options[k]) for k in ("nodes", "topk", "attach") if options.get(k) is not None}
-    return ParallelPromptDrafter(embeds_from_adapter(adapter, target), **picked)
+    budget = None
+    if "nodes" not in picked:
+        extras = picked.get("attach", 2) * int(embeds.shape[0])  # prompt tokens fed with every tree
+        budget = _pass_budget(target, extras)
+        picked["nodes"] = None if budget else 10
+    return ParallelPromptDrafter(embeds, budget=budget, **picked)
 
 
 @register("ppd", lossless=True,

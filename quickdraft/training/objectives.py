@@ -27,6 +27,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..drafters.heads import ResidualHeads
+from ..drafters.ppd import TENSOR as PROMPT_TENSOR
 from .data import Sequence
 
 
@@ -40,7 +41,7 @@ def anchor_range(seq: Sequence, depth: int) -> range:
     """Anchors in the answer (from the prompt's last token on) whose D targets lie inside the sequence.
 
     >>> anchor_range(Sequence(ids=tuple(range(10)), prompt_len=4), depth=3)
-    range(3, 5)
+    range(3, 6)
     """
     return range(max(seq.prompt_len - 1, 0), len(seq.ids) - depth - 1)
 
@@ -92,11 +93,11 @@ class PPDObjective:
         return [self.embeds]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"prompt_embeds": self.embeds.detach().clone()}
+        return {PROMPT_TENSOR: self.embeds.detach().clone()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            self.embeds.copy_(tensors["prompt_embeds"])
+            self.embeds.copy_(tensors[PROMPT_TENSOR])
 
     def logits(self, seq: Sequence, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(student [A, m, V], teacher [A, m, V]) for the given anchors of one sequence."""
@@ -142,7 +143,9 @@ class HeadsObjective:
         torch.manual_seed(seed)
         hidden = int(model.get_output_embeddings().weight.shape[1])
         self.heads = ResidualHeads(heads, hidden, rank)  # float32 parameters
-        self.lm_weight = model.get_output_embeddings().weight.detach().float()  # [V, H]
+        # [V, H] in the model's dtype: in bfloat16 the big vocabulary matmuls are several times faster
+        # than in float32, and the teacher's logits are then exactly what decoding computes.
+        self.lm_weight = model.get_output_embeddings().weight.detach()
         self.depth = heads
         self._hidden: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -164,20 +167,23 @@ class HeadsObjective:
 
     @torch.no_grad()
     def hidden(self, seq: Sequence) -> torch.Tensor:
-        """[T, H] float32: the final hidden state (the lm_head's input) at every position, cached."""
+        """[T, H] in the model's dtype: the final hidden state (the lm_head's input) at every position, cached."""
         if seq.ids not in self._hidden:
             ids = torch.tensor([seq.ids], device=self.model.device)
             out = self.model(input_ids=ids, output_hidden_states=True)
-            self._hidden[seq.ids] = out.hidden_states[-1][0].float().cpu()
+            self._hidden[seq.ids] = out.hidden_states[-1][0]
         return self._hidden[seq.ids]
 
     def logits(self, seq: Sequence, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(student [A, K, V], teacher [A, K, V])."""
         hidden = self.hidden(seq)  # [T, H]
+        weight = self.lm_weight.to(hidden.device)
         rows = anchors[:, None] + 1 + torch.arange(self.depth)[None, :]  # [A, K]
+        # Contiguous inputs only: for a non-contiguous 3D input, matmul copies the [V, H] weight per row.
         with torch.no_grad():
-            teacher = hidden[rows] @ self.lm_weight.T  # [A, K, V]
-        student = self.heads(hidden[anchors]).transpose(0, 1) @ self.lm_weight.T  # [A, K, V]
+            teacher = nn.functional.linear(hidden[rows], weight)  # [A, K, V]
+        shifted = self.heads(hidden[anchors].float())  # [K, A, H] float32 (the trained part)
+        student = nn.functional.linear(shifted.to(weight.dtype), weight).transpose(0, 1)  # [A, K, V]
         return student, teacher
 
     def loss(self, batch: list[tuple[Sequence, torch.Tensor]]) -> torch.Tensor:
