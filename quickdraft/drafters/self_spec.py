@@ -105,6 +105,7 @@ class SelfSpecDrafter(ModelDrafter):
         self.candidates = [Candidate(tuple(c), layer_cost(model, c)) for c in candidates]
         self.window, self.learn = window, learn
         self.current: Candidate | None = None
+        self._chosen = False  # whether this request's layer set has been chosen
         self._tried = self._accepted = 0  # this request's reached and accepted draft tokens
         self._fixed_cost = settings.pop("cost", None)
         super().__init__(LayerSubsetLM(model, self.candidates[0].layers), cost=self.candidates[0].cost, **settings)
@@ -112,10 +113,10 @@ class SelfSpecDrafter(ModelDrafter):
     def reset(self) -> None:
         self._learn_from_request()
         super().reset()
-        self.current = None  # choose again at the first proposal
+        self._chosen = False  # choose again at the first proposal
 
     def propose(self, context: DraftContext) -> Draft:
-        if self.current is None:
+        if not self._chosen:
             self._choose(context.tokens)
         return super().propose(context)
 
@@ -138,11 +139,12 @@ class SelfSpecDrafter(ModelDrafter):
             self.use(LayerSubsetLM(self.model, best.layers), self._fixed_cost or best.cost)
             self.acceptance = type(self.acceptance)()  # calibration belongs to one layer set
             self.sibling_acceptance = {}
+        self._chosen = True
         self._tried = self._accepted = 0
 
     def _learn_from_request(self) -> None:
         cand = self.current
-        if cand is None:
+        if cand is None or not self._chosen:
             return
         if self._tried >= 4:  # enough drafted tokens to say something
             observed = self._accepted / self._tried
@@ -151,7 +153,7 @@ class SelfSpecDrafter(ModelDrafter):
 
     @property
     def layers(self) -> tuple[int, ...] | None:
-        """The layer set in use (None before the first proposal of a request)."""
+        """The layer set in use (None before the first proposal ever)."""
         return None if self.current is None else self.current.layers
 
 

@@ -345,3 +345,16 @@ def test_negative_control_wrong_draft_probabilities_are_caught(tiny_engine, ids)
     params = SamplingParams(temperature=1.0, top_k=5, seed=1)
     counts, root, _ = _first_token_counts(tiny_engine, ids, params, trials=2000, wrong_probs=True)
     assert counts[root == 0].sum() > 0 or _chi2(counts, root) > CRIT_4DOF
+
+
+def test_self_spec_remembers_its_choice_and_learns_across_requests(tiny_engine, ids, expected):
+    target = tiny_engine.target
+    drafter = SelfSpecDrafter(target.model, [(0,), (0, 1)], k=3)
+    got, _ = run(target, ids, drafter)
+    assert got == expected
+    calibration = drafter.acceptance
+    drafter.reset()  # the next request: what was observed is folded into the chosen candidate
+    chosen = drafter.candidates[1]
+    assert chosen.observed == 1 and chosen.alpha == 1.0  # measured 1.0, observed 1.0 (it is the model)
+    got, _ = run(target, ids, drafter)
+    assert got == expected and drafter.layers == (0, 1) and drafter.acceptance is calibration
