@@ -358,3 +358,40 @@ def test_self_spec_remembers_its_choice_and_learns_across_requests(tiny_engine, 
     assert chosen.observed == 1 and chosen.alpha == 1.0  # measured 1.0, observed 1.0 (it is the model)
     got, _ = run(target, ids, drafter)
     assert got == expected and drafter.layers == (0, 1) and drafter.acceptance is calibration
+
+
+def _tree_first_token_counts(tiny_engine, ids, params, trials, *, claim_sampled=False):
+    """A deterministic dynamic tree (drafted once), verified many times by recursive rejection sampling."""
+    from quickdraft.drafters.model_drafter import draft_distribution
+    from quickdraft.verify import verify_tree_sampling
+
+    target = tiny_engine.target
+    lm = LayerSubsetLM(target.model, [0])  # an early-exit draft: related to the target, not equal
+    drafter = ModelDrafter(lm, cost=0.01, tree=TreeShape(width=3, depth=2, nodes=6))
+    draft = drafter.propose(DraftContext(tokens=np.array(ids), prompt_len=len(ids), budget=4, params=params))
+    cache = target.new_cache()
+    target.forward(list(ids[:-1]), cache)
+    logits = target.forward([ids[-1], *draft.tokens], cache, draft.parents)  # [n + 1, V]
+    probs = target_probs(logits, params)
+    claimed = None
+    if claim_sampled:  # pretend each node was drawn from the draft's distribution at its parent
+        rows = lm.forward(list(ids), 0, lm.new_cache())[-1:]
+        claimed = draft_distribution(rows[0], params).expand(len(draft), -1).clone()
+    g = torch.Generator().manual_seed(9)
+    counts = torch.zeros(target.vocab_size)
+    for _ in range(trials):
+        counts[verify_tree_sampling(probs, list(draft.tokens), draft.parents, claimed, g).tokens[0]] += 1
+    return counts, probs[0], draft
+
+
+def test_dynamic_tree_sampling_matches_the_target_distribution(tiny_engine, ids):
+    params = SamplingParams(temperature=1.0, top_k=5, seed=1)
+    counts, root, draft = _tree_first_token_counts(tiny_engine, ids, params, trials=4000)
+    assert sum(p == 0 for p in draft.parents) == 3 and not draft.is_chain
+    assert _chi2(counts, root) < CRIT_4DOF
+
+
+def test_negative_control_a_deterministic_tree_passed_off_as_sampled_is_caught(tiny_engine, ids):
+    params = SamplingParams(temperature=1.0, top_k=5, seed=1)
+    counts, root, _ = _tree_first_token_counts(tiny_engine, ids, params, trials=4000, claim_sampled=True)
+    assert counts[root == 0].sum() > 0 or _chi2(counts, root) > CRIT_4DOF
