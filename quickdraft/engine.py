@@ -39,6 +39,7 @@ class Stats:
     steps: int = 0
     drafted_tokens: int = 0
     accepted_hist: Counter = field(default_factory=Counter)  # accepted draft tokens per step -> count
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)  # Drafter.explain(): choices of e.g. auto
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
@@ -66,6 +67,7 @@ class Stats:
             "verify_s": round(self.verify_s, 4),
             "drafted_tokens": self.drafted_tokens,
             "accepted_hist": {str(k): v for k, v in sorted(self.accepted_hist.items())},
+            **({"sources": {k: dict(v) for k, v in self.sources.items()}} if self.sources else {}),
         }
 
 
@@ -257,6 +259,7 @@ class Engine:
         finally:
             steps.close()
             stats.wall_s = time.perf_counter() - start
+            stats.sources = drafter.explain()
         rest = text.flush()
         if rest:
             yield rest

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runner import BASELINE, HF_PLD_NGRAM, HF_PLD_TOKENS, BenchSettings, write_atomic
+from .runner import BASELINE, HF_PLD_NGRAM, HF_PLD_TOKENS, BenchSettings, merge_sources, write_atomic
 
 SPEEDUP_DEFINITION = (
     "speedup = mean over prompts of the method's tokens/s divided by the mean over the same prompts of ar's "
@@ -136,7 +136,14 @@ def _group(prompts: dict[str, dict[int, dict]], base: dict[str, dict[int, dict]]
         "draft_s": _sum_or_none(recs, "draft_s"),
         "verify_s": _sum_or_none(recs, "verify_s"),
         "accepted_hist": _hist(recs),
+        **_sources_field(recs),
     }
+
+
+def _sources_field(recs: list[dict]) -> dict[str, Any]:
+    """``{"sources": summed counters}`` for a method that reports where its drafts came from, else nothing."""
+    sources = merge_sources(r.get("sources") for r in recs)
+    return {"sources": sources} if sources else {}
 
 
 def _prompt_tps(reps: dict[int, dict]) -> float:
@@ -240,6 +247,7 @@ def markdown(results: dict[str, Any]) -> str:
         for name, m in methods.items():
             cells = [render(m["categories"][c]) for c in cats] + [render(m["overall"])]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines += _sources_tables(methods, cats)
     lines += [
         "",
         "Plots: `speedup.png` (speedup per category, grouped by method), `accepted_hist.png` (how many draft "
@@ -271,6 +279,31 @@ def markdown(results: dict[str, Any]) -> str:
         f"model's `generation_config`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _sources_tables(methods: dict[str, Any], cats: list[str]) -> list[str]:
+    """For methods that choose among drafters (``auto``): how often each was chosen, and its acceptance."""
+    lines: list[str] = []
+    for name, m in methods.items():
+        names = list((m["overall"].get("sources") or {}))
+        if not names:
+            continue
+        lines += ["", f"## Draft sources chosen by `{name}`", "",
+                  "Share of target passes whose draft had nodes from the source (`plain`: no draft), and in "
+                  "brackets the share of its verified nodes that were accepted.", "",
+                  "| source | " + " | ".join(cats) + " | overall |", "|---|" + "---|" * (len(cats) + 1)]
+        for source in names:
+            cells = [_source_cell(m["categories"][c], source) for c in cats] + [_source_cell(m["overall"], source)]
+            lines.append(f"| `{source}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _source_cell(cell: dict[str, Any], source: str) -> str:
+    row = (cell.get("sources") or {}).get(source)
+    if not row or not cell.get("steps"):
+        return "n/a"
+    text = f"{100 * row['chosen'] / cell['steps']:.0f}%"
+    return text + (f" ({100 * row['accepted'] / row['nodes']:.0f}%)" if row.get("nodes") else "")
 
 
 def _figure(width: float, height: float):

@@ -153,6 +153,7 @@ class Generation:
     verify_s: float | None = None
     accepted_hist: dict[str, int] | None = None  # accepted draft tokens per step -> count
     finish_reason: str = "length"
+    sources: dict[str, dict[str, int]] | None = None  # where drafts came from (auto), see Drafter.explain
 
 
 class Backend(Protocol):
@@ -184,6 +185,7 @@ class EngineMethod:
         return Generation(
             token_ids=list(result.token_ids), wall_s=wall, steps=s.steps, draft_s=s.draft_s, verify_s=s.verify_s,
             accepted_hist={str(k): v for k, v in sorted(s.accepted_hist.items())}, finish_reason=result.finish_reason,
+            sources={k: dict(v) for k, v in s.sources.items()} or None,
         )
 
 
@@ -457,8 +459,23 @@ def make_record(repeat: int, prompt: BenchPrompt, method: str, turns: list[dict[
         "repeat": repeat, "prompt_id": prompt.id, "category": prompt.category, "method": method,
         "new_tokens": total("new_tokens"), "wall_s": round(total("wall_s"), 6), "steps": total("steps"),
         "draft_s": total("draft_s"), "verify_s": total("verify_s"), "accepted_hist": hist,
-        "rss_mb": peak_rss_mb(), "turns": turns,
+        "sources": merge_sources(t.get("sources") for t in turns), "rss_mb": peak_rss_mb(), "turns": turns,
     }
+
+
+def merge_sources(parts) -> dict[str, dict[str, int]] | None:
+    """Sum per-source counters (``Stats.sources``) over turns or records; None when none has any.
+
+    >>> merge_sources([{"pld": {"chosen": 2, "accepted": 5}}, None, {"pld": {"chosen": 1, "accepted": 0}}])
+    {'pld': {'chosen': 3, 'accepted': 5}}
+    """
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for name, row in (part or {}).items():
+            mine = out.setdefault(name, {})
+            for key, value in row.items():
+                mine[key] = mine.get(key, 0) + value
+    return out or None
 
 
 # ------------------------------------------------------------------ a whole run
@@ -619,6 +636,7 @@ def _probe_messages(prompt: BenchPrompt) -> list[Message]:
 
 __all__ = [
     "BASELINE", "PEERS", "Backend", "BenchConfig", "BenchSettings", "EngineMethod", "Generation", "HFPeer",
-    "Prepared", "Progress", "RecordLog", "Runner", "build_backends", "cut_at_eos", "make_record", "options_for",
+    "Prepared", "Progress", "RecordLog", "Runner", "build_backends", "cut_at_eos", "make_record", "merge_sources",
+    "options_for",
     "parse_options", "prepare", "resolve_methods", "run_bench",
 ]

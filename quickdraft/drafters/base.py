@@ -132,3 +132,11 @@ class Drafter:
     def reset(self) -> None:
         """Forget per-request state before a new generation (learned statistics may stay)."""
         return None
+
+    def explain(self) -> dict[str, dict[str, int]]:
+        """Where this request's drafts came from, for a drafter that chooses among sources.
+
+        ``{source: {"chosen": steps, "nodes": verified nodes, "accepted": tokens}}``
+        (``"plain"``: steps without a draft); empty for a single-source drafter.
+        """
+        return {}

@@ -1,0 +1,459 @@
+"""``auto``: every step, choose which drafters to ask and how much of their drafts to verify.
+
+No single drafter wins everywhere: prompt lookup wins where text is copied
+(summaries, RAG, code edits), token recycling and n-grams where the model's
+own phrasing repeats, and on open-ended text drafting may not pay at all.
+``auto`` decides per step, from what it has measured:
+
+1. *Signal.* The prompt-lookup match length (:func:`~quickdraft.selection.match_length`),
+   known before anything is drafted, picks the statistics bucket of
+   lookup-style sources: a long match means the text is being copied.
+2. *Ask.* Each source (a registered drafter, :data:`SOURCES`) is asked for a
+   draft tree when it has looked worth its cost lately in this bucket, or
+   when its turn to be re-checked has come (probing spends at most
+   ``probe_share`` of the time; cheap sources are asked every step).
+3. *Score and choose.* The drafts are merged into one tree (shared prefixes
+   once, :func:`~quickdraft.drafters.combine.merge_drafts`); each node gets the
+   probability of being accepted from running statistics
+   (:class:`~quickdraft.selection.AcceptanceStats`), and the nodes verified
+   are the n best for the n with the most expected tokens per second given the
+   verify latency of n nodes on this machine
+   (:class:`~quickdraft.selection.LatencyModel`, from :mod:`quickdraft.profile`)
+   and the drafting time spent (:func:`~quickdraft.selection.best_size`).
+   n = 0 is a plain step, chosen unless drafting beats it by ``margin``.
+4. *Learn.* Every draft asked for, verified or not, is scored against the
+   tokens the target then emits (:func:`~quickdraft.selection.resolve`), so
+   a source that stops being accepted stops being chosen, and one that starts
+   (a summary that starts copying) is picked up within a few steps. The
+   latency model learns from the step times. Drafters that learn from
+   verification passes (recycling's matrix, the n-gram tables) see every
+   step, chosen or not. Statistics live in the drafter, which the engine keeps
+   per method, so they carry across requests (fixed memory, decayed counts).
+
+Lossless: auto only chooses which tokens are proposed; the engine verifies
+them as any draft. A draft that merges several sources, or only part of a
+sampled chain that is not a prefix, is deterministic (one-hot for speculative
+sampling, always valid); a single source's draft keeps its draft probabilities.
+
+Options: ``sources`` (comma-separated, default pld-tree, recycle, ngram, plus
+rest with a ``datastore``, draft with a ``draft_model``, heads with a
+matching adapter), ``max_nodes`` (32), ``margin`` (0.03), ``probe_share`` (0.03).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import QuickdraftError
+from ..selection import (
+    BUCKETS, AcceptanceStats, LatencyModel, best_size, match_bucket, match_length, node_features, path_scores,
+    plausible, resolve,
+)
+from ..tree import children
+from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
+from .combine import merge_drafts, part_view
+from .registry import BuildContext, get_method, register
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("draft_model", "datastore", "adapter")  # user inputs passed on to the sources that use them
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """How auto uses one registered drafter.
+
+    options: build options for it (auto passes ``nodes`` too when ``sized``).
+    learns: it learns from every verification pass, so it proposes (with
+        ``nodes=0`` when not asked) and observes every step. A source that
+        does not learn observes only a step that verified exactly its draft.
+    sees_all: when it observes, it is shown the whole verified tree (it can
+        learn from any node); else only its own nodes, as in a combined method.
+    signal: its statistics are split by the prompt-lookup match length.
+    sized: it honours ``DraftContext.nodes``.
+    needs: a user option without which it is left out by default.
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    learns: bool = False
+    sees_all: bool = False
+    signal: bool = False
+    sized: bool = True
+    needs: str | None = None
+
+
+SOURCES: dict[str, SourceSpec] = {
+    spec.method: spec for spec in (
+        SourceSpec("pld-tree", {"k": 24, "limit": 8}, signal=True),
+        SourceSpec("recycle", learns=True, sees_all=True),
+        SourceSpec("ngram", learns=True, sees_all=True),
+        SourceSpec("lookahead", learns=True),  # opt-in: its window only advances when it is verified
+        SourceSpec("rest", needs="datastore"),
+        SourceSpec("draft", sized=False, needs="draft_model"),
+        SourceSpec("heads", learns=True, sees_all=True, sized=False, needs="adapter"),
+    )
+}
+DEFAULT_SOURCES = ("pld-tree", "recycle", "ngram")
+GAIN_RATE = 0.2  # how fast a source's recent usefulness follows its drafts
+MIN_ASK = 8  # nodes a source is asked for at least
+
+
+class Source:
+    """One drafter inside auto, and what auto knows about it.
+
+    cost: running mean seconds of asking it for a draft.
+    used: running mean of its nodes verified when asked; it is asked for
+        about twice that, at least ``MIN_ASK`` (fewer nodes draft faster).
+    last_hit: whether its latest scored draft got the next token right. A
+        source without a signal of its own keeps its statistics apart by it
+        (accuracy comes in runs: text being copied or repeated).
+    gain[bucket]: running mean of the speed-up its draft added to those of
+        the sources ranked before it (the first: over a plain step), its
+        drafting time included. Optimistic at first, so every source is tried;
+        sources are ranked by it, and asked while it exceeds 1 + margin.
+    last_asked: the step it was last asked.
+    """
+
+    def __init__(self, index: int, spec: SourceSpec, drafter: Drafter) -> None:
+        self.index, self.spec, self.drafter, self.name = index, spec, drafter, spec.method
+        self.cost = 0.0
+        self.used = 4.0
+        self.last_hit = False
+        self.gain = np.full(BUCKETS, 2.0)
+        self.last_asked = -(10 ** 9)
+
+
+@dataclass
+class _Pending:
+    """A draft waiting for the target's tokens to score it (see :func:`~quickdraft.selection.resolve`)."""
+
+    source: int
+    bucket: int
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    depth: list[int]
+    rank: list[int]
+    start: int  # committed tokens when it was drafted
+    kids: list[list[int]] = field(default_factory=list)  # children of each node
+    recorded: int = 0  # decided nodes already counted
+
+
+@dataclass
+class _Asked:
+    """A source asked this step: its draft, estimates, drafting time, and where its nodes were verified."""
+
+    source: Source
+    draft: Draft
+    conditional: np.ndarray  # [n] P(accepted | parent accepted) per node
+    elapsed: float  # seconds to draft it
+    node_of: list[int] = field(default_factory=lambda: [0])  # verified node of its root and placed prefix
+
+
+@dataclass
+class _Step:
+    final: Draft
+    asked: dict[int, _Asked]
+    sent: float
+
+
+class Auto(Drafter):
+    """Chooses among ``sources`` every step by expected goodput; see the module docstring.
+
+    latency: the verify-latency model of this target on this machine.
+    clock: seconds, for the drafting and step times (tests pass a fake one).
+    """
+
+    def __init__(self, sources: Sequence[tuple[SourceSpec, Drafter]], latency: LatencyModel, *, max_nodes: int = 32,
+                 margin: float = 0.03, probe_share: float = 0.03, stats: AcceptanceStats | None = None,
+                 max_pending: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
+        if not sources:
+            raise ValueError("auto needs at least one source")
+        if max_nodes < 1 or margin < 0 or not 0 <= probe_share <= 1:
+            raise ValueError("need max_nodes >= 1, margin >= 0 and 0 <= probe_share <= 1")
+        self.sources = [Source(i, spec, drafter) for i, (spec, drafter) in enumerate(sources)]
+        self.latency = latency
+        self.max_nodes = min(max_nodes, latency.max_nodes)
+        self.margin, self.probe_share = margin, probe_share
+        self.stats = stats or AcceptanceStats(len(self.sources), BUCKETS)
+        self._signal = any(src.spec.signal for src in self.sources)
+        self._bucket = 0
+        self._clock = clock
+        self._pending: deque[_Pending] = deque(maxlen=max_pending)
+        self._step_no = 0
+        self._tokens: list[int] = []  # this request's committed tokens
+        self._step: _Step | None = None
+        self._report = self._empty_report()
+
+    @property
+    def wants_hidden(self) -> bool:  # type: ignore[override]
+        return any(getattr(src.drafter, "wants_hidden", False) for src in self.sources)
+
+    def _empty_report(self) -> dict[str, dict[str, int]]:
+        return {name: {"chosen": 0, "nodes": 0, "accepted": 0} for name in ["plain", *(s.name for s in self.sources)]}
+
+    def reset(self) -> None:
+        """Forget the request (its tokens, undecided drafts, its report); keep what was learned."""
+        self._pending.clear()
+        self._tokens = []
+        self._step = None
+        self._report = self._empty_report()
+        for src in self.sources:
+            src.drafter.reset()
+
+    def explain(self) -> dict[str, dict[str, int]]:
+        """This request's choices: per source, steps it drafted for, nodes verified, tokens accepted."""
+        return {name: dict(entry) for name, entry in self._report.items()}
+
+    # ------------------------------------------------------------- propose
+
+    def propose(self, context: DraftContext) -> Draft:
+        if len(self._tokens) != len(context.tokens):  # a new request, or the engine cut what we expected
+            self._tokens = context.tokens.tolist()
+        self._step_no += 1
+        cap = self.max_nodes if context.nodes is None else min(self.max_nodes, context.nodes)
+        latency = self.latency.table()
+        drafting = cap > 0 and context.budget > 0
+        bucket = match_bucket(match_length(context.tokens)) if drafting and self._signal else 0
+        self._bucket = bucket
+
+        # 1. ask the sources worth asking; the others that learn only keep up with the context
+        asked: list[_Asked] = []
+        wasted = 0.0  # seconds spent on sources that had nothing to propose
+        for src in self.sources:
+            if drafting and self._worth_asking(src, bucket, latency[0]):
+                t0 = self._clock()
+                ask = min(cap, max(MIN_ASK, int(2 * src.used) + 2)) if src.spec.sized else cap
+                draft = src.drafter.propose(replace(context, nodes=ask))
+                elapsed = self._clock() - t0
+                src.cost += GAIN_RATE * (elapsed - src.cost) if src.last_asked > 0 else elapsed - src.cost
+                src.last_asked = self._step_no
+                if not len(draft) or draft.extra_embeds is not None:
+                    wasted += elapsed
+                    src.gain[bucket] += GAIN_RATE * (1.0 - src.gain[bucket])
+                    continue
+                parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
+                depth, rank = node_features(parents)
+                b = bucket if src.spec.signal else int(src.last_hit)
+                conditional = self.stats.estimate(src.index, b, depth, rank)
+                self._pending.append(_Pending(src.index, b, tuple(draft.tokens), tuple(parents), depth, rank,
+                                              start=len(self._tokens), kids=children(parents)))
+                asked.append(_Asked(src, draft, conditional=conditional, elapsed=elapsed))
+            elif src.spec.learns:
+                src.drafter.propose(replace(context, nodes=0))
+
+        # 2. merge (most promising source first), score, choose the nodes to verify
+        final = EMPTY_DRAFT
+        if asked:
+            asked.sort(key=lambda entry: -entry.source.gain[bucket])
+            merged, maps = merge_drafts([entry.draft for entry in asked], sum(len(entry.draft) for entry in asked))
+            choice = self._choose(asked, merged, maps, latency, cap, wasted)
+            if choice.nodes and choice.gain > 1.0 + self.margin:
+                final = self._build(choice.nodes, merged, asked, maps)
+            else:
+                self._build((), merged, asked, maps)
+        self._step = _Step(final=final, asked={entry.source.index: entry for entry in asked}, sent=self._clock())
+        return final
+
+    def _choose(self, asked: list[_Asked], merged: Draft, maps: list[list[int]], latency: np.ndarray, cap: int,
+                wasted: float):
+        """The best nodes of the merged tree; updates each source's gain: what adding it to the ones before added.
+
+        Nodes first placed by the k-th draft come after those of earlier drafts,
+        so the tree of the first k drafts is a prefix of the merged tree, and
+        its best rate, divided by that of the first k - 1 (a plain step for
+        k = 1), is the k-th source's marginal gain, its drafting time included.
+        A source that only repeats a better one, or costs more than it adds,
+        stops being asked (but for probes).
+        """
+        conditional = np.zeros(len(merged))  # per merged node: the best of its sources' estimates
+        previous, spent, size = 1.0 / (wasted + latency[0]), wasted, 0
+        for entry, node_of in zip(asked, maps):
+            np.maximum.at(conditional, np.asarray(node_of[1:]) - 1, entry.conditional)
+            size = max(size, *node_of)
+            spent += entry.elapsed
+            choice = best_size(path_scores(merged.parents[:size], conditional[:size]), latency, draft_s=spent,
+                               max_nodes=cap)
+            gain = entry.source.gain
+            gain[self._bucket] += GAIN_RATE * (choice.rate / previous - gain[self._bucket])
+            previous = choice.rate
+        return choice
+
+    def _worth_asking(self, src: Source, bucket: int, plain_s: float) -> bool:
+        """Asked when it looked useful lately, or when re-checking it costs at most its share of the time."""
+        if src.gain[bucket] > 1.0 + self.margin:
+            return True
+        share = self.probe_share / len(self.sources)
+        return (self._step_no - src.last_asked) * share * plain_s >= src.cost
+
+    @staticmethod
+    def _build(keep: tuple[int, ...], merged: Draft, asked: list, maps: list[list[int]]) -> Draft:
+        """The draft to verify from the kept merged nodes; sets each source's ``node_of`` in its numbering.
+
+        Where every kept node is one source's (its whole draft, or the start of
+        its chain), that source's own draft is verified as drafted (keeping its
+        draft probabilities); otherwise the kept nodes, renumbered, with no
+        draft probabilities.
+        """
+        if not keep:
+            for entry in asked:
+                entry.node_of = [0]
+            return EMPTY_DRAFT
+        final, final_of = None, None
+        kept = set(keep)
+        for entry, node_of in zip(asked, maps):
+            draft, size = entry.draft, len(keep)
+            if set(node_of[1: size + 1]) != kept or not (size == len(draft) or draft.is_chain):
+                continue
+            if size == len(draft):
+                final = draft
+            else:  # the start of a chain (a prefix of a sampled chain is a sampled chain)
+                probs = None if draft.draft_probs is None else draft.draft_probs[:size]
+                final = Draft(tokens=draft.tokens[:size], draft_probs=probs)
+            final_of = {m: j for j, m in enumerate(node_of[: size + 1])}
+            break
+        if final is None:
+            final_of = {0: 0, **{old: new for new, old in enumerate(keep, start=1)}}
+            final = Draft(tokens=tuple(merged.tokens[m - 1] for m in keep),
+                          parents=tuple(final_of[merged.parents[m - 1]] for m in keep))
+        for entry, node_of in zip(asked, maps):
+            placed = [0]
+            for m in node_of[1:]:
+                if m not in final_of:
+                    break
+                placed.append(final_of[m])
+            entry.node_of = placed
+        return final
+
+    # ------------------------------------------------------------- observe
+
+    def observe(self, outcome: StepOutcome) -> None:
+        step, self._step = self._step, None
+        as_proposed = step is not None and (outcome.draft is step.final or (
+            outcome.draft.tokens == step.final.tokens and _parents(outcome.draft) == _parents(step.final)))
+        for src in self.sources:
+            entry = step.asked.get(src.index) if as_proposed else None
+            if entry is not None and entry.draft is outcome.draft:
+                src.drafter.observe(outcome)  # it was verified exactly as drafted
+            elif src.spec.learns and (src.spec.sees_all or entry is None or len(entry.node_of) <= 1):
+                src.drafter.observe(outcome)
+            elif src.spec.learns:
+                src.drafter.observe(part_view(outcome, entry.draft, entry.node_of))
+        self._tokens.extend(int(t) for t in outcome.tokens)
+        self._resolve()
+        if as_proposed:
+            self._account(step, outcome)
+            # what this step cost beyond drafting: the pass, acceptance, and the sources' learning
+            self.latency.record(len(outcome.draft), self._clock() - step.sent)
+
+    def _account(self, step: _Step, outcome: StepOutcome) -> None:
+        """Credit each verified node to the first source (most promising) that drafted it."""
+        for entry in step.asked.values():
+            entry.source.used += GAIN_RATE * (len(entry.node_of) - 1 - entry.source.used)
+        if not len(step.final):
+            self._report["plain"]["chosen"] += 1
+            return
+        accepted = set(outcome.path)
+        credited: set[int] = set()
+        for entry in step.asked.values():  # in merge order
+            mine = [node for node in entry.node_of[1:] if node not in credited]
+            credited.update(mine)
+            if mine:
+                row = self._report[entry.source.name]
+                row["chosen"] += 1
+                row["nodes"] += len(mine)
+                row["accepted"] += sum(1 for node in mine if node in accepted)
+
+    def _resolve(self) -> None:
+        """Score pending drafts against the tokens emitted since they were made."""
+        done = []
+        for pending in self._pending:
+            decided, finished = resolve(pending.tokens, pending.parents, self._tokens[pending.start:],
+                                        kids=pending.kids)
+            if decided and not pending.recorded:  # its first-level guesses are decided now
+                first = pending.kids[0]
+                self.sources[pending.source].last_hit = any(hit for node, hit in decided[: len(first)])
+            for node, hit in decided[pending.recorded:]:
+                self.stats.update(pending.source, pending.bucket, pending.depth[node - 1], pending.rank[node - 1], hit)
+            pending.recorded = len(decided)
+            if finished:
+                done.append(pending)
+        for pending in done:
+            self._pending.remove(pending)
+
+
+def _parents(draft: Draft) -> tuple[int, ...]:
+    return draft.parents if draft.parents is not None else tuple(range(len(draft)))
+
+
+# ------------------------------------------------------------------ building
+
+
+def source_names(options: dict[str, Any]) -> tuple[list[str], bool]:
+    """The sources to use and whether the user listed them (then every one must build)."""
+    raw = options.get("sources")
+    if raw is None:
+        return [*DEFAULT_SOURCES, *(n for n, s in SOURCES.items() if s.needs and options.get(s.needs))], False
+    names = [n.strip() for n in (raw.split(",") if isinstance(raw, str) else raw) if str(n).strip()]
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown or not names:
+        raise QuickdraftError(f"auto: unknown source {unknown[0] if unknown else '(none given)'!r}; "
+                              f"available: {', '.join(SOURCES)}")
+    if len(set(names)) != len(names):
+        raise QuickdraftError(f"auto: a source is listed twice in {raw!r}")
+    return names, True
+
+
+def latency_prior(target):
+    """Verify seconds per draft size: the machine profile (measured once) when it looks sound.
+
+    A profile measured while other processes kept the machine busy can be
+    noise; then a generic shape (a node costs 1/32 of a plain step) scaled to
+    the profile's fastest pass stands in, and the step times seen correct it.
+    """
+    if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
+        return lambda n: 0.02 * (1 + n / 32)
+    from ..profile import load_or_measure
+
+    profile = load_or_measure(target)
+    if profile.quiet and plausible(profile.latency):
+        return profile.latency
+    log.info("auto: the latency profile looks noisy (busy machine); starting from a generic one")
+    base = min(profile.seconds)
+    return lambda n: base * (1 + n / 32)
+
+
+@register("auto", lossless=True,
+          description="picks drafters and draft/tree size every step by expected speed; plain steps when nothing pays")
+def build(ctx: BuildContext) -> Drafter:
+    options = ctx.options
+    max_nodes = int(options.get("max_nodes", 32))
+    names, explicit = source_names(options)
+    inputs = {k: options[k] for k in INPUTS if options.get(k) is not None}
+    built = []
+    for name in names:
+        spec = SOURCES[name]
+        sub = {**inputs, **spec.options, **({"nodes": max_nodes} if spec.sized else {})}
+        try:
+            built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=sub))))
+        except QuickdraftError:
+            if explicit or name != "heads":
+                raise
+    heads = SOURCES["heads"]
+    if not explicit and "heads" not in names:  # a shipped heads adapter for this model counts as available
+        try:
+            built.append((heads, get_method("heads").build(BuildContext(target=ctx.target, options=inputs))))
+        except QuickdraftError:
+            pass
+    latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
+    return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.03)),
+                probe_share=float(options.get("probe_share", 0.03)))
+
+
+__all__ = ["Auto", "DEFAULT_SOURCES", "SOURCES", "Source", "SourceSpec", "source_names"]
