@@ -63,7 +63,18 @@ def _stats_line(result) -> str:
         f"[{result.method}] {s.new_tokens} tokens in {s.wall_s:.2f}s = {s.tokens_per_s:.1f} tok/s; "
         f"{s.steps} target passes, mean accepted {s.mean_accepted:.2f}; "
         f"prompt {s.prompt_tokens} tokens; draft {s.draft_s:.2f}s, verify {s.verify_s:.2f}s"
+        + (f"; {_sources_text(s.sources)}" if s.sources else "")
     )
+
+
+def _sources_text(sources: dict[str, dict[str, int]]) -> str:
+    """Where the drafts came from (auto): ``sources: plain 7 steps, pld 12 steps 31/40 accepted``."""
+    parts = []
+    for name, row in sources.items():
+        if row["chosen"]:
+            accepted = f" {row['accepted']}/{row['nodes']} accepted" if row["nodes"] else ""
+            parts.append(f"{name} {row['chosen']} steps{accepted}")
+    return "sources: " + (", ".join(parts) or "none")
 
 
 @main.command()
@@ -124,7 +135,7 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
         data = result.to_dict()
         data["stats"] = {k: data["stats"][k] for k in
                          ("prompt_tokens", "new_tokens", "steps", "mean_accepted", "tokens_per_s", "wall_s",
-                          "prefill_s", "draft_s", "verify_s", "accepted_hist")}
+                          "prefill_s", "draft_s", "verify_s", "accepted_hist", "sources") if k in data["stats"]}
         click.echo(json.dumps(data, ensure_ascii=False))
     else:
         click.echo()

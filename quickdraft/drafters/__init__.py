@@ -13,6 +13,7 @@ from . import rest as _rest  # noqa: F401  (registers "rest")
 from . import draft_model as _draft_model  # noqa: F401  (registers "draft")
 from . import swift as _swift  # noqa: F401  (registers "swift")
 from . import early_exit as _early_exit  # noqa: F401  (registers "early-exit")
+from . import auto as _auto  # noqa: F401  (registers "auto")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation
 from .registry import BuildContext, MethodSpec, get_method, methods, register
