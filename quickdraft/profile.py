@@ -37,6 +37,7 @@ import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,9 +87,28 @@ class LatencyProfile:
         assert all(a < b for a, b in zip(self.nodes, self.nodes[1:])), "nodes must increase"
         assert all(s > 0 for s in self.seconds), "latencies must be positive"
 
+    @cached_property
+    def fitted(self) -> tuple[float, ...]:
+        """The measurements made non-decreasing in the draft size (pool adjacent violators).
+
+        A bigger pass never really costs less; a dip is timing noise, and
+        smoothing it keeps one lucky measurement from steering the choice.
+
+        >>> LatencyProfile(key=None, nodes=(0, 1, 2, 4), seconds=(1.0, 3.0, 1.0, 4.0)).fitted
+        (1.0, 2.0, 2.0, 4.0)
+        """
+        blocks: list[list[float]] = []  # [sum, count]
+        for value in self.seconds:
+            blocks.append([value, 1])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+                total, count = blocks.pop()
+                blocks[-1][0] += total
+                blocks[-1][1] += count
+        return tuple(total / count for total, count in blocks for _ in range(int(count)))
+
     def latency(self, nodes: int) -> float:
-        """Seconds for a draft of ``nodes`` nodes: piecewise linear, extrapolated past the ends."""
-        xs, ys = self.nodes, self.seconds
+        """Seconds for a draft of ``nodes`` nodes: piecewise linear through :attr:`fitted`, extrapolated."""
+        xs, ys = self.nodes, self.fitted
         i = 1
         while i < len(xs) - 1 and xs[i] < nodes:
             i += 1

@@ -12,7 +12,7 @@ from quickdraft.profile import (
 
 # Shapes like the ones measured on this CPU (docs: ../shared/MODELS.md), in seconds per verify pass.
 BF16 = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.021, 0.022, 0.023, 0.027, 0.035, 0.050))
-FP32 = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.040, 0.056, 0.053, 0.064, 0.087, 0.140))
+FP32 = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.288, 0.528, 0.510, 0.694, 0.935, 1.500))
 PRIOR = [prior_expected_accepted(n) for n in range(65)]
 
 
@@ -50,8 +50,9 @@ def test_profile_interpolates_and_extrapolates():
     p = LatencyProfile(key=None, nodes=(0, 8, 16), seconds=(1.0, 2.0, 4.0))
     assert p.latency(0) == 1.0 and p.latency(4) == pytest.approx(1.5) and p.latency(12) == pytest.approx(3.0)
     assert p.latency(32) == pytest.approx(8.0)  # the last slope continues
-    dip = LatencyProfile(key=None, nodes=(0, 8), seconds=(2.0, 1.0))
-    assert dip.latency(100) == 1.0  # never below the fastest measurement
+    dip = LatencyProfile(key=None, nodes=(0, 8, 16), seconds=(2.0, 1.0, 3.0))
+    assert dip.fitted == (1.5, 1.5, 3.0)  # a bigger pass never costs less: noise is pooled away
+    assert dip.latency(4) == 1.5 and dip.latency(12) == pytest.approx(2.25)
 
 
 def test_profile_json_round_trip_and_version_check():
