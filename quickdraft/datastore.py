@@ -46,8 +46,9 @@ def build_suffix_array(tokens: np.ndarray) -> np.ndarray:
     """Start positions of every suffix of ``tokens``, sorted (prefix doubling with numpy sorts).
 
     Tokens compare as unsigned 32-bit ids (so SEP = -1 is the largest); a
-    suffix that is a prefix of another sorts first. O(N log^2 N) in the worst
-    case, numpy-vectorised: a few seconds for millions of tokens.
+    suffix that is a prefix of another sorts first. One O(N log N) sort per
+    doubling of the longest repeated run, numpy-vectorised: about 10 s for a
+    million tokens on two busy cores (measured), about 40 bytes of memory a token.
 
     tokens: [N] int32.
 
