@@ -12,20 +12,21 @@ either fixed (option ``k``) or adaptive (:mod:`.adaptive`): the decision to
 draft token i+1 uses only what is known before it is drawn, so it never
 biases sampling.
 
-Trees (option ``tree=True``), EAGLE-2 / DySpec style: from the root, the
-``width`` most probable tokens become children; each further level expands
-the ``width`` nodes with the highest cumulative draft probability (one batched
-draft pass per level, with a tree attention mask over the draft's own cache),
-and at the end the ``nodes`` best nodes overall are kept (a child's
-value never exceeds its parent's, so the kept set is a tree), listed best
+Trees (option ``tree=True``; the ``draft-tree`` method), EAGLE-2 / DySpec
+style: from the root, the ``width`` most probable tokens become children;
+each further level expands the ``width`` nodes of highest *value* (one
+batched draft pass per level, with a tree attention mask over the draft's own
+cache), and at the end the ``nodes`` best nodes overall are kept, listed best
 first, so the first m nodes are the tree a budget of m would have kept. A
-node's value is its cumulative draft probability, calibrated by the running
-acceptance per sibling rank (see ``ModelDrafter._tree``). The node budget is
-the option ``nodes`` or, by default, chosen per step from the machine's
-verify-latency profile and the running acceptance
-(:class:`~quickdraft.profile.AdaptiveNodeBudget`). The tree is a deterministic function of the context, so under
-sampling it is verified as a deterministic multi-draft (one-hot draft
-distributions, ``draft_probs=None``), which is exact whatever the shape.
+node's value is its cumulative draft probability calibrated by the running
+acceptance per sibling rank (before any evidence: the cumulative draft
+probability itself, up to binning); it never exceeds its parent's, so the
+kept set is a tree. The node budget is the option ``nodes`` or, by default,
+chosen per step from the machine's verify-latency profile and the running
+acceptance (:class:`~quickdraft.profile.AdaptiveNodeBudget`). The tree is a
+deterministic function of the context, so under sampling it is verified as a
+deterministic multi-draft (one-hot draft distributions, ``draft_probs=None``),
+which is exact whatever the shape.
 """
 
 from __future__ import annotations
