@@ -58,7 +58,8 @@ def match_length(tokens: np.ndarray, *, max_n: int = 3, cap: int = 32) -> int:
     extended backwards, up to ``cap`` tokens. 0 means no match. A long match
     means the text is being copied, so the copied continuation is likely right.
 
-    tokens: [T] int token ids.
+    tokens: [T] int token ids. One pass over the context finds the earlier
+    occurrences of the last token; only those are compared further.
 
     >>> match_length(np.array([7, 1, 2, 3, 9, 1, 2, 3]))       # "1 2 3" seen before, preceded by 7 vs 9
     3
@@ -68,18 +69,19 @@ def match_length(tokens: np.ndarray, *, max_n: int = 3, cap: int = 32) -> int:
     0
     """
     total = len(tokens)
-    for n in range(min(max_n, total - 1), 0, -1):
-        suffix = tokens[total - n:]
-        windows = np.lib.stride_tricks.sliding_window_view(tokens[: total - 1], n)  # [total - n, n]
-        hits = np.flatnonzero((windows == suffix).all(axis=1))
-        if hits.size:
-            start = int(hits[-1])  # the occurrence is tokens[start : start + n]
-            span = min(cap - n, start)  # how far back the two may still agree
-            if span <= 0:
-                return n
-            same = tokens[start - span: start][::-1] == tokens[total - n - span: total - n][::-1]  # [span]
-            return n + (span if same.all() else int(np.argmin(same)))
-    return 0
+    if total < 2:
+        return 0
+    ends = np.flatnonzero(tokens[: total - 1] == tokens[total - 1])  # [C] earlier occurrences of the last token
+    if not ends.size:
+        return 0
+    span = min(cap, total) - 1  # further tokens compared backwards
+    offsets = np.arange(1, span + 1)  # [S]
+    before = ends[:, None] - offsets[None, :]  # [C, S] positions before each occurrence
+    same = (before >= 0) & (tokens[np.maximum(before, 0)] == tokens[total - 1 - offsets][None, :])  # [C, S]
+    lengths = 1 + np.where(same.all(axis=1), span, same.argmin(axis=1))  # [C] matched tokens, the last one included
+    wanted = min(max_n, int(lengths.max()))  # pld's n: the longest suffix n-gram (up to max_n) seen before
+    chosen = int(np.flatnonzero(lengths >= wanted)[-1])  # its most recent occurrence
+    return int(lengths[chosen])
 
 
 def match_bucket(length: int) -> int:
@@ -222,52 +224,66 @@ def resolve(tokens: Sequence[int], parents: Sequence[int], future: Sequence[int]
 # ------------------------------------------------------------------ state
 
 
-def default_prior(depth: int, rank: int) -> float:
-    """P(accepted | parent accepted) before any evidence: modest on a source's main line, less off it."""
-    return 0.3 * 0.5 ** rank
-
-
 class AcceptanceStats:
     """Running P(node accepted | parent accepted) per (source, bucket, depth, rank) cell.
 
     Each cell keeps exponentially decayed counts (an update first multiplies
     the cell's counts by ``decay``), so recent drafts weigh most, about
-    ``1 / (1 - decay)`` of them; the estimate is
-    ``(accepted + w * prior) / (tried + w)``. Memory is fixed: sources x
-    buckets x ``max_depth`` x ``max_rank`` cells (deeper or further-off nodes
-    share the last cell).
+    ``1 / (1 - decay)`` of them. A cell's estimate is shrunk toward its
+    neighbour's: ``(accepted + w * prior) / (tried + w)`` where the prior of a
+    main-line node (rank 0) is the estimate one level up (``base`` at depth 1)
+    and that of a node off the main line is ``rank_decay`` times the estimate
+    of the rank before. So a source seen right at depths 1..8 is trusted at
+    depth 9 before any draft reached that deep (copied text goes on). Memory
+    is fixed: sources x buckets x ``max_depth`` x ``max_rank`` cells (deeper
+    or further-off nodes share the last cell).
 
     >>> stats = AcceptanceStats(sources=1, buckets=1)
     >>> round(float(stats.estimate(0, 0, [1], [0])[0]), 2)      # the prior
     0.3
     >>> for _ in range(40): stats.update(0, 0, 1, 0, True)
-    >>> float(stats.estimate(0, 0, [1], [0])[0]) > 0.9
-    True
+    >>> [round(float(p), 2) for p in stats.estimate(0, 0, [1, 2, 20], [0, 0, 0])]   # deeper: borrowed
+    [0.95, 0.95, 0.95]
     """
 
-    def __init__(self, sources: int, buckets: int, *, max_depth: int = 32, max_rank: int = 8,
-                 prior: Callable[[int, int], float] = default_prior, prior_weight: float = 2.0,
-                 decay: float = 0.97) -> None:
-        if not 0.0 < decay <= 1.0 or prior_weight <= 0:
-            raise ValueError("need 0 < decay <= 1 and prior_weight > 0")
+    def __init__(self, sources: int, buckets: int, *, max_depth: int = 32, max_rank: int = 8, base: float = 0.3,
+                 rank_decay: float = 0.5, prior_weight: float = 2.0, decay: float = 0.97) -> None:
+        if not 0.0 < decay <= 1.0 or prior_weight <= 0 or not 0 <= base <= 1 or not 0 <= rank_decay <= 1:
+            raise ValueError("need 0 < decay <= 1, prior_weight > 0, base and rank_decay in [0, 1]")
         self.max_depth, self.max_rank, self.decay, self.prior_weight = max_depth, max_rank, decay, prior_weight
+        self.base, self.rank_decay = base, rank_decay
         shape = (sources, buckets, max_depth, max_rank)
         self.accepted = np.zeros(shape)
         self.tried = np.zeros(shape)
-        self.prior = np.array([[prior(d + 1, r) for r in range(max_rank)] for d in range(max_depth)])  # [D, R]
+        self._tables: dict[tuple[int, int], np.ndarray] = {}  # (source, bucket) -> [D, R] estimates, until updated
+
+    def table(self, source: int, bucket: int) -> np.ndarray:
+        """[max_depth, max_rank] estimates of one source and bucket (row d: depth d + 1)."""
+        key = (source, bucket)
+        table = self._tables.get(key)
+        if table is None:
+            accepted, tried, w = self.accepted[source, bucket], self.tried[source, bucket], self.prior_weight
+            table = np.empty((self.max_depth, self.max_rank))
+            prior = self.base
+            for d in range(self.max_depth):  # the main line, each depth shrunk toward the one above
+                prior = table[d, 0] = (accepted[d, 0] + w * prior) / (tried[d, 0] + w)
+            for r in range(1, self.max_rank):  # off the main line, shrunk toward the rank before
+                table[:, r] = (accepted[:, r] + w * self.rank_decay * table[:, r - 1]) / (tried[:, r] + w)
+            self._tables[key] = table
+        return table
 
     def estimate(self, source: int, bucket: int, depth: Sequence[int], rank: Sequence[int]) -> np.ndarray:
         """P(accepted | parent accepted) for nodes of the given depths and ranks: [n]."""
         top_d, top_r = self.max_depth - 1, self.max_rank - 1
         d = [min(x - 1, top_d) for x in depth]  # depths start at 1
         r = [min(x, top_r) for x in rank]
-        w = self.prior_weight
-        return (self.accepted[source, bucket, d, r] + w * self.prior[d, r]) / (self.tried[source, bucket, d, r] + w)
+        return self.table(source, bucket)[d, r]
 
     def update(self, source: int, bucket: int, depth: int, rank: int, accepted: bool) -> None:
         cell = (source, bucket, min(max(depth, 1), self.max_depth) - 1, min(max(rank, 0), self.max_rank - 1))
         self.accepted[cell] = self.accepted[cell] * self.decay + (1.0 if accepted else 0.0)
         self.tried[cell] = self.tried[cell] * self.decay + 1.0
+        self._tables.pop((source, bucket), None)
 
 
 ANCHORS = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes whose latency corrections are learned
@@ -358,6 +374,6 @@ def plausible(latency: Callable[[int], float], sizes: Sequence[int] = ANCHORS) -
 
 
 __all__ = [
-    "AcceptanceStats", "BUCKETS", "Choice", "LatencyModel", "MATCH_EDGES", "best_size", "default_prior",
+    "AcceptanceStats", "BUCKETS", "Choice", "LatencyModel", "MATCH_EDGES", "best_size",
     "match_bucket", "match_length", "node_features", "path_scores", "plausible", "resolve",
 ]

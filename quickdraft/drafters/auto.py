@@ -7,11 +7,15 @@ own phrasing repeats, and on open-ended text drafting may not pay at all.
 
 1. *Signal.* The prompt-lookup match length (:func:`~quickdraft.selection.match_length`),
    known before anything is drafted, picks the statistics bucket of
-   lookup-style sources: a long match means the text is being copied.
-2. *Ask.* Each source (a registered drafter, :data:`SOURCES`) is asked for a
-   draft tree when it has looked worth its cost lately in this bucket, or
-   when its turn to be re-checked has come (probing spends at most
-   ``probe_share`` of the time; cheap sources are asked every step).
+   lookup-style sources: a long match means the text is being copied. Other
+   sources keep their statistics apart by whether their last draft's first
+   token was right.
+2. *Ask.* Sources (registered drafters, :data:`SOURCES`) are ranked by what
+   each added lately over the ones ranked before it (a plain step for the
+   first), its drafting time included; a source is asked for a draft tree
+   while that gain exceeds ``1 + margin``, or when its turn to be re-checked
+   has come (probing spends at most ``probe_share`` of the time, so cheap
+   sources are asked every step and costly ones now and then).
 3. *Score and choose.* The drafts are merged into one tree (shared prefixes
    once, :func:`~quickdraft.drafters.combine.merge_drafts`); each node gets the
    probability of being accepted from running statistics
@@ -25,19 +29,23 @@ own phrasing repeats, and on open-ended text drafting may not pay at all.
    tokens the target then emits (:func:`~quickdraft.selection.resolve`), so
    a source that stops being accepted stops being chosen, and one that starts
    (a summary that starts copying) is picked up within a few steps. The
-   latency model learns from the step times. Drafters that learn from
-   verification passes (recycling's matrix, the n-gram tables) see every
-   step, chosen or not. Statistics live in the drafter, which the engine keeps
-   per method, so they carry across requests (fixed memory, decayed counts).
+   latency model learns from the step times (the pass, acceptance, and the
+   sources' learning). Drafters that learn from verification passes
+   (recycling's matrix, the n-gram tables) see every step, chosen or not.
+   Statistics live in the drafter, which the engine keeps per method and
+   options, so they carry across requests (fixed memory, decayed counts).
 
 Lossless: auto only chooses which tokens are proposed; the engine verifies
-them as any draft. A draft that merges several sources, or only part of a
-sampled chain that is not a prefix, is deterministic (one-hot for speculative
-sampling, always valid); a single source's draft keeps its draft probabilities.
+them as any draft. A draft that merges several sources is deterministic
+(one-hot for speculative sampling, always valid); a single source's draft, or
+the start of its chain, keeps its draft probabilities.
 
-Options: ``sources`` (comma-separated, default pld-tree, recycle, ngram, plus
-rest with a ``datastore``, draft with a ``draft_model``, heads with a
-matching adapter), ``max_nodes`` (32), ``margin`` (0.03), ``probe_share`` (0.03).
+Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, plus
+rest with a ``datastore``, draft with a ``draft_model``, heads with an
+``adapter`` for heads; lookahead on request), ``max_nodes`` (32), ``margin``
+(0.03), ``probe_share`` (0.03). Not included: ``ppd`` (its prompt tokens
+cannot share a tree with other drafts), and ``swift``/``early-exit`` unless
+listed (drafting with the model itself costs a large share of a pass here).
 """
 
 from __future__ import annotations
@@ -74,10 +82,12 @@ class SourceSpec:
         ``nodes=0`` when not asked) and observes every step. A source that
         does not learn observes only a step that verified exactly its draft.
     sees_all: when it observes, it is shown the whole verified tree (it can
-        learn from any node); else only its own nodes, as in a combined method.
+        learn from any node); else its own verified nodes and the accepted
+        path, as in a combined method (cheaper: fewer logits rows to read).
     signal: its statistics are split by the prompt-lookup match length.
     sized: it honours ``DraftContext.nodes``.
-    needs: a user option without which it is left out by default.
+    needs: a user option without which it is left out by default
+        (``sources``: only when listed there).
     """
 
     method: str
@@ -93,11 +103,13 @@ SOURCES: dict[str, SourceSpec] = {
     spec.method: spec for spec in (
         SourceSpec("pld-tree", {"k": 24, "limit": 8}, signal=True),
         SourceSpec("recycle", learns=True, sees_all=True),
-        SourceSpec("ngram", learns=True, sees_all=True),
-        SourceSpec("lookahead", learns=True),  # opt-in: its window only advances when it is verified
+        SourceSpec("ngram", learns=True),
+        SourceSpec("lookahead", learns=True, needs="sources"),  # opt-in: its window advances only when verified
         SourceSpec("rest", needs="datastore"),
         SourceSpec("draft", sized=False, needs="draft_model"),
         SourceSpec("heads", learns=True, sees_all=True, sized=False, needs="adapter"),
+        SourceSpec("swift", sized=False, needs="sources"),  # opt-in: self-speculation costs much of a pass
+        SourceSpec("early-exit", sized=False, needs="sources"),
     )
 }
 DEFAULT_SOURCES = ("pld-tree", "recycle", "ngram")
@@ -109,8 +121,9 @@ class Source:
     """One drafter inside auto, and what auto knows about it.
 
     cost: running mean seconds of asking it for a draft.
-    used: running mean of its nodes verified when asked; it is asked for
-        about twice that, at least ``MIN_ASK`` (fewer nodes draft faster).
+    used: its recent most nodes verified in a step (decaying); it is asked
+        for about twice that, at least ``MIN_ASK`` (fewer nodes draft faster,
+        and when all it drafted was verified the next ask doubles).
     last_hit: whether its latest scored draft got the next token right. A
         source without a signal of its own keeps its statistics apart by it
         (accuracy comes in runs: text being copied or repeated).
@@ -341,10 +354,12 @@ class Auto(Drafter):
             entry = step.asked.get(src.index) if as_proposed else None
             if entry is not None and entry.draft is outcome.draft:
                 src.drafter.observe(outcome)  # it was verified exactly as drafted
-            elif src.spec.learns and (src.spec.sees_all or entry is None or len(entry.node_of) <= 1):
+            elif src.spec.learns and (src.spec.sees_all or not as_proposed):
                 src.drafter.observe(outcome)
-            elif src.spec.learns:
-                src.drafter.observe(part_view(outcome, entry.draft, entry.node_of))
+            elif src.spec.learns:  # its own nodes that were verified, then the accepted path
+                placed = entry is not None and len(entry.node_of) > 1
+                src.drafter.observe(part_view(outcome, entry.draft if placed else EMPTY_DRAFT,
+                                              entry.node_of if placed else [0]))
         self._tokens.extend(int(t) for t in outcome.tokens)
         self._resolve()
         if as_proposed:
@@ -355,7 +370,7 @@ class Auto(Drafter):
     def _account(self, step: _Step, outcome: StepOutcome) -> None:
         """Credit each verified node to the first source (most promising) that drafted it."""
         for entry in step.asked.values():
-            entry.source.used += GAIN_RATE * (len(entry.node_of) - 1 - entry.source.used)
+            entry.source.used = max(len(entry.node_of) - 1, 0.8 * entry.source.used)
         if not len(step.final):
             self._report["plain"]["chosen"] += 1
             return
@@ -399,7 +414,7 @@ def source_names(options: dict[str, Any]) -> tuple[list[str], bool]:
     """The sources to use and whether the user listed them (then every one must build)."""
     raw = options.get("sources")
     if raw is None:
-        return [*DEFAULT_SOURCES, *(n for n, s in SOURCES.items() if s.needs and options.get(s.needs))], False
+        return [*DEFAULT_SOURCES, *(n for n, s in SOURCES.items() if s.needs in INPUTS and options.get(s.needs))], False
     names = [n.strip() for n in (raw.split(",") if isinstance(raw, str) else raw) if str(n).strip()]
     unknown = [n for n in names if n not in SOURCES]
     if unknown or not names:
@@ -443,14 +458,8 @@ def build(ctx: BuildContext) -> Drafter:
         try:
             built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=sub))))
         except QuickdraftError:
-            if explicit or name != "heads":
+            if explicit or name != "heads":  # the adapter given may be another kind's (ppd)
                 raise
-    heads = SOURCES["heads"]
-    if not explicit and "heads" not in names:  # a shipped heads adapter for this model counts as available
-        try:
-            built.append((heads, get_method("heads").build(BuildContext(target=ctx.target, options=inputs))))
-        except QuickdraftError:
-            pass
     latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.03)),
                 probe_share=float(options.get("probe_share", 0.03)))

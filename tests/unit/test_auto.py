@@ -352,3 +352,22 @@ def test_the_sampling_check_can_fail():
     counts, _ = markov_counts(gullible, trials=2000, length=3, seed=5)
     stat, dof = chi2_statistic(counts, markov_joint(3))
     assert stat > chi2_critical(dof)
+
+
+def test_optional_sources_join_when_their_inputs_are_given_and_stay_lossless(tiny_engine, tiny_draft_dir,
+                                                                            tiny_method_options):
+    options = {"draft_model": str(tiny_draft_dir), "datastore": tiny_method_options["rest"]["datastore"],
+               "adapter": tiny_method_options["heads"]["adapter"]}
+    opt_in = {"sources": "pld-tree,lookahead,swift,early-exit"}
+    prompt = "the quick brown fox jumps over the lazy dog. the quick brown fox"
+    expected = tiny_engine.generate(prompt, method="ar", max_new_tokens=40, chat=False).token_ids
+    for opts, names in ((options, ["pld-tree", "recycle", "ngram", "rest", "draft", "heads"]),
+                        (opt_in, ["pld-tree", "lookahead", "swift", "early-exit"])):
+        assert [src.name for src in tiny_engine.drafter("auto", opts).sources] == names
+        for _ in range(2):  # the second request starts from what the first learned
+            got = tiny_engine.generate(prompt, method="auto", max_new_tokens=40, chat=False, options=opts)
+            assert got.token_ids == expected
+    sampled = tiny_engine.generate(prompt, method="auto", max_new_tokens=40, chat=False, options=options,
+                                   temperature=0.8, seed=3)
+    assert 1 <= len(sampled.token_ids) <= 40
+    assert list(sampled.stats.sources) == ["plain", "pld-tree", "recycle", "ngram", "rest", "draft", "heads"]

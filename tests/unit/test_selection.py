@@ -209,3 +209,16 @@ def test_plausible_rejects_noise():
     assert not plausible(lambda n: 0.02 if n != 4 else 0.005)  # faster with more nodes
     assert not plausible(lambda n: 0.02 if n == 0 else 0.08)  # one node = four passes
     assert math.isfinite(LatencyModel(lambda n: 0.02, max_nodes=4).table()[4])
+
+
+def test_acceptance_stats_borrow_from_the_level_above_until_a_cell_has_evidence():
+    stats = AcceptanceStats(sources=1, buckets=1, base=0.3, rank_decay=0.5)
+    for depth in range(1, 9):  # a source right all the way down to depth 8
+        for _ in range(30):
+            stats.update(0, 0, depth, 0, True)
+    deep = stats.estimate(0, 0, [9, 20], [0, 0])
+    assert (deep > 0.9).all()  # trusted deeper than it was ever seen
+    assert stats.estimate(0, 0, [9], [1])[0] == pytest.approx(0.5 * deep[0])  # off the main line: less
+    for _ in range(30):
+        stats.update(0, 0, 9, 0, False)  # ...until evidence says the text stops there
+    assert stats.estimate(0, 0, [9], [0])[0] < 0.2 and stats.estimate(0, 0, [12], [0])[0] < 0.3
