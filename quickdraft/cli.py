@@ -343,15 +343,19 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--token-input/--no-token-input", default=True, show_default=True,
+              help="heads: also read the next (bonus) token's embedding")
+@click.option("--init", default=None, help="start from this adapter's parameters (continue training it)")
 @click.option("--fresh", is_flag=True, help="ignore a checkpoint of an earlier run and start over")
 def train(kind, model, out, data, steps, minutes, lr, anchors, sequences, prompt_tokens, heads, rank, answer_tokens,
-          seed, dtype, threads, fresh) -> None:
+          seed, dtype, threads, token_input, init, fresh) -> None:
     """Train a ppd or heads adapter for a model by self-distillation (resumes from OUT.ckpt)."""
     from .training import train as run_training
 
     report = run_training(kind=kind, model=model, out=out, data=data, steps=steps, minutes=minutes, fresh=fresh,
                           dtype=dtype, threads=threads, lr=lr, anchors=anchors, sequences=sequences,
-                          prompt_tokens=prompt_tokens, heads=heads, rank=rank, max_new_tokens=answer_tokens, seed=seed)
+                          prompt_tokens=prompt_tokens, heads=heads, rank=rank, max_new_tokens=answer_tokens, seed=seed,
+                          token_input=token_input, init=init)
     for line in report.lines():
         click.echo(line)
 

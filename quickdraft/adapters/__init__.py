@@ -66,6 +66,7 @@ def save_adapter(path: str | Path, adapter: Adapter) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; an adapter is ordinary data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -13,6 +13,8 @@ from . import rest as _rest  # noqa: F401  (registers "rest")
 from . import draft_model as _draft_model  # noqa: F401  (registers "draft")
 from . import swift as _swift  # noqa: F401  (registers "swift")
 from . import early_exit as _early_exit  # noqa: F401  (registers "early-exit")
+from . import ppd as _ppd  # noqa: F401  (registers "ppd")
+from . import heads as _heads  # noqa: F401  (registers "heads")
 from . import auto as _auto  # noqa: F401  (registers "auto")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation

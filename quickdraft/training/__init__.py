@@ -48,10 +48,12 @@ class TrainConfig:
     prompt_tokens: int = 3  # ppd
     heads: int = 3  # heads
     rank: int = 128  # heads
+    token_input: bool = True  # heads: also read the next token (the bonus token at decoding time)
     warmup: int = 20
     seed: int = 0
     max_new_tokens: int = 160  # length of the model's answers in the training data
     data: str = "builtin"
+    init: str | None = None  # start from this adapter's parameters (continue training it)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -94,7 +96,8 @@ class TrainReport:
 def make_objective(config: TrainConfig, model):
     if config.kind == "ppd":
         return PPDObjective(model, prompt_tokens=config.prompt_tokens, seed=config.seed)
-    return HeadsObjective(model, heads=config.heads, rank=config.rank, seed=config.seed)
+    return HeadsObjective(model, heads=config.heads, rank=config.rank, token_input=config.token_input,
+                          seed=config.seed)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -197,6 +200,13 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     if ckpt.is_file() and not fresh:
         step, train_s, losses = load_checkpoint(ckpt, objective, optimizer, config, sha)
         log.info("resuming from %s at step %d", ckpt, step)
+    elif config.init is not None:
+        start = read_adapter(config.init)
+        if start.kind != kind or start.model_sha256 != sha or start.hparams != objective.hparams:
+            raise QuickdraftError(f"--init {config.init}: a {start.kind} adapter for {start.model} with "
+                                  f"{start.hparams}, not a {kind} adapter for {target.name} with {objective.hparams}")
+        objective.load_tensors({k: v.float() for k, v in start.tensors.items()})
+        log.info("starting from %s", config.init)
     resumed_from = step
     log.info("training %s on %d sequences (%d tokens), %d held out; %d parameters",
              kind, len(trainable), dataset.tokens, len(dataset.held_out),

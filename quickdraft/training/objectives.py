@@ -138,11 +138,12 @@ class HeadsObjective:
 
     kind = "heads"
 
-    def __init__(self, model, *, heads: int = 3, rank: int = 128, seed: int = 0) -> None:
+    def __init__(self, model, *, heads: int = 3, rank: int = 128, token_input: bool = False, seed: int = 0) -> None:
         self.model = model
         torch.manual_seed(seed)
         hidden = int(model.get_output_embeddings().weight.shape[1])
-        self.heads = ResidualHeads(heads, hidden, rank)  # float32 parameters
+        self.heads = ResidualHeads(heads, hidden, rank, token_input=token_input)  # float32 parameters
+        self.embed_weight = model.get_input_embeddings().weight.detach()  # [V, H]
         # [V, H] in the model's dtype: in bfloat16 the big vocabulary matmuls are several times faster
         # than in float32, and the teacher's logits are then exactly what decoding computes.
         self.lm_weight = model.get_output_embeddings().weight.detach()
@@ -151,7 +152,7 @@ class HeadsObjective:
 
     @property
     def hparams(self) -> dict:
-        return {"heads": self.depth, "rank": int(self.heads.down.shape[1])}
+        return {"heads": self.depth, "rank": int(self.heads.down.shape[1]), "token_input": self.heads.token_input}
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.heads.parameters())
@@ -161,8 +162,7 @@ class HeadsObjective:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            for name, param in (("heads.down", self.heads.down), ("heads.bias", self.heads.bias),
-                                ("heads.up", self.heads.up)):
+            for name, param in self.heads.tensors().items():
                 param.copy_(tensors[name])
 
     @torch.no_grad()
@@ -182,7 +182,11 @@ class HeadsObjective:
         # Contiguous inputs only: for a non-contiguous 3D input, matmul copies the [V, H] weight per row.
         with torch.no_grad():
             teacher = nn.functional.linear(hidden[rows], weight)  # [A, K, V]
-        shifted = self.heads(hidden[anchors].float())  # [K, A, H] float32 (the trained part)
+        next_embeds = None
+        if self.heads.token_input:  # the token after the anchor: at decoding time, the step's bonus token
+            next_ids = torch.tensor(seq.ids, device=self.embed_weight.device)[anchors + 1]
+            next_embeds = self.embed_weight[next_ids].float()  # [A, H]
+        shifted = self.heads(hidden[anchors].float(), next_embeds)  # [K, A, H] float32 (the trained part)
         student = nn.functional.linear(shifted.to(weight.dtype), weight).transpose(0, 1)  # [A, K, V]
         return student, teacher
 

@@ -1,0 +1,31 @@
+"""The adapters shipped for the embedded model: they load, fit the model, and were really trained.
+
+(Losslessness and drafts being accepted on the real model are checked for every
+method in test_real_model.py, with these adapters as the defaults.)
+"""
+
+import pytest
+
+from quickdraft.adapters import default_adapter_path, load_adapter_for
+
+pytestmark = pytest.mark.real
+
+
+@pytest.mark.parametrize("kind", ["ppd", "heads"])
+def test_shipped_adapter_fits_the_embedded_model(real_engine, kind):
+    path = default_adapter_path(kind, real_engine.model_name)
+    assert path.is_file() and path.stat().st_size < 4_000_000, "small enough to ship"
+    adapter = load_adapter_for(real_engine.target, kind)  # raises unless it was trained for this model file
+    info = adapter.info
+    assert info["steps"] > 0 and info["train_tokens"] > 0 and info["held_out_sequences"] > 0
+    top1 = info["held_out_accuracy"]["top1"]
+    assert top1[0] > 0.2, f"{kind}: held-out top-1 accuracy for the token after next is only {top1[0]:.1%}"
+
+
+@pytest.mark.parametrize("kind", ["ppd", "heads"])
+def test_learned_drafter_accepts_drafts_on_open_ended_text(real_engine, kind):
+    prompt = "What are the main differences between a lake and a river?"
+    expected = real_engine.generate(prompt, method="ar", max_new_tokens=48)
+    got = real_engine.generate(prompt, method=kind, max_new_tokens=48, options={"nodes": 8})
+    assert got.token_ids == expected.token_ids
+    assert got.stats.mean_accepted > 1.2, f"{kind} accepted {got.stats.mean_accepted:.2f} tokens per pass"

@@ -1,0 +1,131 @@
+"""``quickdraft train`` on the tiny model: the loss goes down, a checkpoint resumes, errors are clear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from quickdraft import QuickdraftError
+from quickdraft.adapters import read_adapter
+from quickdraft.training import TrainConfig, checkpoint_path, sample_batch, train
+from quickdraft.training.data import Sequence, read_prompts
+from quickdraft.training.prompts import builtin_prompts, split
+
+FAST = dict(steps=12, anchors=12, max_new_tokens=24, checkpoint_every=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    (folder / "prompts.txt").write_text("\n".join(f"tell me about thing number {i}" for i in range(10)))
+    return folder
+
+
+def run(tiny_engine, workdir, kind, out, **kwargs):
+    options = {**FAST, **kwargs}
+    return train(kind=kind, model="tiny", out=out, data=str(workdir / "prompts.txt"), engine=tiny_engine,
+                 data_cache=workdir / "cache", **options)
+
+
+@pytest.mark.parametrize("kind, lr", [("ppd", 0.05), ("heads", 0.01)])
+def test_short_training_lowers_the_loss_and_writes_an_adapter(tiny_engine, workdir, tmp_path, kind, lr):
+    out = tmp_path / f"{kind}.safetensors"
+    report = run(tiny_engine, workdir, kind, out, lr=lr, steps=16)
+    assert report.steps == 16
+    assert report.last_loss < report.first_loss - 0.05, (report.first_loss, report.last_loss)
+    adapter = read_adapter(out)
+    assert adapter.kind == kind and adapter.info["steps"] == 16
+    acc = adapter.info["held_out_accuracy"]
+    assert len(acc["top1"]) == 3 and acc["predictions"] > 0
+    assert not checkpoint_path(out).exists(), "a finished run leaves no checkpoint behind"
+    # the adapter decodes losslessly
+    expected = tiny_engine.generate("abc abc", method="ar", chat=False, max_new_tokens=12).token_ids
+    got = tiny_engine.generate("abc abc", method=kind, chat=False, max_new_tokens=12, options={"adapter": str(out)})
+    assert got.token_ids == expected
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["ppd", "heads"])
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_engine, workdir, tmp_path, kind):
+    whole = tmp_path / "whole.safetensors"
+    run(tiny_engine, workdir, kind, whole, steps=8)
+
+    def stop_at_5(step):
+        if step == 5:
+            raise Interrupt
+
+    parts = tmp_path / "parts.safetensors"
+    with pytest.raises(Interrupt):
+        run(tiny_engine, workdir, kind, parts, steps=8, on_step=stop_at_5)
+    ckpt = checkpoint_path(parts)
+    assert ckpt.exists() and not parts.exists()
+    assert read_adapter(ckpt).info["step"] == 5  # saved on the way out, not only every 4 steps
+    report = run(tiny_engine, workdir, kind, parts, steps=8)
+    assert report.resumed_from == 5 and report.steps == 8
+    a, b = read_adapter(whole).tensors, read_adapter(parts).tensors
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+
+
+def test_a_checkpoint_from_other_settings_is_not_resumed(tiny_engine, workdir, tmp_path):
+    out = tmp_path / "p.safetensors"
+
+    def stop(step):
+        if step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(tiny_engine, workdir, "ppd", out, steps=8, on_step=stop)
+    with pytest.raises(QuickdraftError, match="other settings"):
+        run(tiny_engine, workdir, "ppd", out, steps=8, anchors=5)
+    assert run(tiny_engine, workdir, "ppd", out, steps=3, anchors=5, fresh=True).resumed_from == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="medusa"), "unknown adapter kind"),
+    (dict(kind="ppd", steps=0), "steps must be a positive integer"),
+    (dict(kind="ppd", out="x.bin"), "must end in .safetensors"),
+    (dict(kind="ppd", minutes=0), "minutes must be positive"),
+    (dict(kind="ppd", data="/nonexistent/prompts.txt"), "cannot read training data"),
+])
+def test_bad_training_input_is_a_clear_error(tiny_engine, tmp_path, kwargs, message):
+    args = dict(model="tiny", out=str(tmp_path / "a.safetensors"), engine=tiny_engine, progress=False)
+    args.update(kwargs)
+    with pytest.raises(QuickdraftError, match=message):
+        train(**args)
+
+
+def test_prompt_files(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text(json.dumps({"prompt": "a"}) + "\n\n" + json.dumps({"prompt": "b"}) + "\n")
+    assert read_prompts(str(good)) == ["a", "b"]
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"text": "a"}\n')
+    with pytest.raises(QuickdraftError, match="string 'prompt'"):
+        read_prompts(str(bad))
+    one = tmp_path / "one.txt"
+    one.write_text("only one\n")
+    with pytest.raises(QuickdraftError, match="at least 2"):
+        read_prompts(str(one))
+
+
+def test_builtin_prompts_hold_out_a_tenth():
+    prompts = builtin_prompts()
+    train_set, held = split(prompts)
+    assert len(prompts) == len(set(prompts)) > 200
+    assert not set(train_set) & set(held) and len(held) == len(prompts) // 10
+
+
+def test_batches_depend_only_on_seed_and_step():
+    seqs = [Sequence(ids=tuple(range(40)), prompt_len=5), Sequence(ids=tuple(range(30)), prompt_len=3)]
+    config = TrainConfig(kind="ppd", anchors=6, sequences=2)
+    a = sample_batch(config, seqs, 3, step=7)
+    b = sample_batch(config, seqs, 3, step=7)
+    assert [(s.ids, x.tolist()) for s, x in a] == [(s.ids, x.tolist()) for s, x in b]
+    assert all(len(x) == 6 and x.min() >= s.prompt_len - 1 and x.max() <= len(s.ids) - 5 for s, x in a)
