@@ -129,3 +129,16 @@ def test_batches_depend_only_on_seed_and_step():
     b = sample_batch(config, seqs, 3, step=7)
     assert [(s.ids, x.tolist()) for s, x in a] == [(s.ids, x.tolist()) for s, x in b]
     assert all(len(x) == 6 and x.min() >= s.prompt_len - 1 and x.max() <= len(s.ids) - 5 for s, x in a)
+
+
+def test_init_continues_an_adapter_and_refuses_a_foreign_one(tiny_engine, workdir, tmp_path, tiny_method_options):
+    first = tmp_path / "first.safetensors"
+    run(tiny_engine, workdir, "ppd", first, steps=6, lr=0.05)
+    start = read_adapter(first).tensors["prompt_embeds"]
+    # a step with a negligible learning rate keeps the initial adapter's parameters (not a random start)
+    again = run(tiny_engine, workdir, "ppd", tmp_path / "again.safetensors", steps=1, lr=1e-9, init=str(first))
+    assert again.steps == 1
+    assert torch.allclose(read_adapter(tmp_path / "again.safetensors").tensors["prompt_embeds"], start, atol=1e-4)
+    with pytest.raises(QuickdraftError, match="--init"):
+        run(tiny_engine, workdir, "ppd", tmp_path / "x.safetensors", steps=2,
+            init=tiny_method_options["heads"]["adapter"])
