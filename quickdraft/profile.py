@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # node budgets to choose among
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: the quiet flag
 
 
 # ------------------------------------------------------------------ the profile
