@@ -43,7 +43,7 @@ the start of its chain, keeps its draft probabilities.
 Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, plus
 rest with a ``datastore``, draft with a ``draft_model``, heads with an
 ``adapter`` for heads; lookahead on request), ``max_nodes`` (32), ``margin``
-(0.03), ``probe_share`` (0.03). Not included: ``ppd`` (its prompt tokens
+(0.03), ``probe_share`` (0.02). Not included: ``ppd`` (its prompt tokens
 cannot share a tree with other drafts), and ``swift``/``early-exit`` unless
 listed (drafting with the model itself costs a large share of a pass here).
 """
@@ -60,7 +60,7 @@ import numpy as np
 
 from ..errors import QuickdraftError
 from ..selection import (
-    BUCKETS, AcceptanceStats, LatencyModel, best_size, match_bucket, match_length, node_features, path_scores,
+    BUCKETS, AcceptanceStats, Choice, LatencyModel, best_size, match_bucket, match_length, node_features, path_scores,
     plausible, resolve,
 )
 from ..tree import children
@@ -184,7 +184,7 @@ class Auto(Drafter):
     """
 
     def __init__(self, sources: Sequence[tuple[SourceSpec, Drafter]], latency: LatencyModel, *, max_nodes: int = 32,
-                 margin: float = 0.03, probe_share: float = 0.03, stats: AcceptanceStats | None = None,
+                 margin: float = 0.03, probe_share: float = 0.02, stats: AcceptanceStats | None = None,
                  max_pending: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
         if not sources:
             raise ValueError("auto needs at least one source")
@@ -196,7 +196,6 @@ class Auto(Drafter):
         self.margin, self.probe_share = margin, probe_share
         self.stats = stats or AcceptanceStats(len(self.sources), BUCKETS)
         self._signal = any(src.spec.signal for src in self.sources)
-        self._bucket = 0
         self._clock = clock
         self._pending: deque[_Pending] = deque(maxlen=max_pending)
         self._step_no = 0
@@ -227,14 +226,14 @@ class Auto(Drafter):
     # ------------------------------------------------------------- propose
 
     def propose(self, context: DraftContext) -> Draft:
-        if len(self._tokens) != len(context.tokens):  # a new request, or the engine cut what we expected
+        if len(self._tokens) != len(context.tokens):  # a new request, or not the tokens we expected
             self._tokens = context.tokens.tolist()
+            self._pending.clear()
         self._step_no += 1
         cap = self.max_nodes if context.nodes is None else min(self.max_nodes, context.nodes)
         latency = self.latency.table()
         drafting = cap > 0 and context.budget > 0
         bucket = match_bucket(match_length(context.tokens)) if drafting and self._signal else 0
-        self._bucket = bucket
 
         # 1. ask the sources worth asking; the others that learn only keep up with the context
         asked: list[_Asked] = []
@@ -266,7 +265,7 @@ class Auto(Drafter):
         if asked:
             asked.sort(key=lambda entry: -entry.source.gain[bucket])
             merged, maps = merge_drafts([entry.draft for entry in asked], sum(len(entry.draft) for entry in asked))
-            choice = self._choose(asked, merged, maps, latency, cap, wasted)
+            choice = self._choose(asked, merged, maps, latency, cap=cap, bucket=bucket, wasted=wasted)
             if choice.nodes and choice.gain > 1.0 + self.margin:
                 final = self._build(choice.nodes, merged, asked, maps)
             else:
@@ -274,8 +273,9 @@ class Auto(Drafter):
         self._step = _Step(final=final, asked={entry.source.index: entry for entry in asked}, sent=self._clock())
         return final
 
-    def _choose(self, asked: list[_Asked], merged: Draft, maps: list[list[int]], latency: np.ndarray, cap: int,
-                wasted: float):
+    @staticmethod
+    def _choose(asked: list[_Asked], merged: Draft, maps: list[list[int]], latency: np.ndarray, *, cap: int,
+                bucket: int, wasted: float) -> Choice:
         """The best nodes of the merged tree; updates each source's gain: what adding it to the ones before added.
 
         Nodes first placed by the k-th draft come after those of earlier drafts,
@@ -294,7 +294,7 @@ class Auto(Drafter):
             choice = best_size(path_scores(merged.parents[:size], conditional[:size]), latency, draft_s=spent,
                                max_nodes=cap)
             gain = entry.source.gain
-            gain[self._bucket] += GAIN_RATE * (choice.rate / previous - gain[self._bucket])
+            gain[bucket] += GAIN_RATE * (choice.rate / previous - gain[bucket])
             previous = choice.rate
         return choice
 
@@ -462,7 +462,7 @@ def build(ctx: BuildContext) -> Drafter:
                 raise
     latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.03)),
-                probe_share=float(options.get("probe_share", 0.03)))
+                probe_share=float(options.get("probe_share", 0.02)))
 
 
 __all__ = ["Auto", "DEFAULT_SOURCES", "SOURCES", "Source", "SourceSpec", "source_names"]

@@ -17,7 +17,11 @@ from quickdraft import QuickdraftError
 from quickdraft.drafters import Draft, DraftContext, Drafter, StepOutcome, get_method
 from quickdraft.drafters.auto import Auto, SourceSpec, source_names
 from quickdraft.drafters.registry import BuildContext
+from quickdraft.engine import accept
+from quickdraft.sampling import SamplingParams
 from quickdraft.selection import LatencyModel, resolve
+from quickdraft.verify import Verdict
+from tests.unit.test_tree_sampling import DRAFT_MODEL, MARKOV, ROOT, chi2_critical, chi2_statistic, markov_joint
 
 VOCAB = 50
 REFERENCE = [int(t) for t in np.random.default_rng(0).integers(0, VOCAB, 20_000)]
@@ -186,7 +190,8 @@ def test_sources_that_learn_see_every_step_and_others_only_their_own():
 
 def test_report_accounts_for_every_step_and_accepted_token():
     world = World()
-    auto = make_auto(world, {"a": Scripted(world, k=4), "b": Scripted(world, k=6, right=lambda w: w.clock.now % 1 < .5)})
+    sometimes = Scripted(world, k=6, right=lambda w: w.clock.now % 1 < .5)
+    auto = make_auto(world, {"a": Scripted(world, k=4), "b": sometimes})
     drafts = run(auto, world, 80)
     report = auto.explain()
     assert report["plain"]["chosen"] == sum(1 for d in drafts if not len(d))
@@ -273,8 +278,6 @@ class MarkovSource(Drafter):
         self.g = torch.Generator().manual_seed(seed)
 
     def propose(self, context: DraftContext) -> Draft:
-        from tests.unit.test_tree_sampling import DRAFT_MODEL, MARKOV
-
         k = min(self.k, context.budget, self.k if context.nodes is None else context.nodes)
         if k <= 0:
             return Draft()
@@ -292,11 +295,7 @@ class MarkovSource(Drafter):
 
 
 def markov_counts(verifier, *, trials: int, length: int, seed: int) -> tuple[dict, dict]:
-    """Joint counts of the first ``length`` tokens decoded by auto over three Markov sources."""
-    from quickdraft.engine import accept
-    from quickdraft.sampling import SamplingParams
-    from tests.unit.test_tree_sampling import MARKOV, ROOT
-
+    """Joint counts of the first ``length`` tokens decoded by auto over Markov sources (mixed, or one alone)."""
     world = World()
     mixed = make_auto(world, {"fixed": MarkovSource("fixed"), "argmax": MarkovSource("argmax"),
                               "sampled": MarkovSource("sampled", seed=seed)}, margin=0.0)
@@ -325,9 +324,6 @@ def markov_counts(verifier, *, trials: int, length: int, seed: int) -> tuple[dic
 
 def test_auto_under_sampling_keeps_the_target_distribution():
     """Mixes of deterministic and sampled drafts, verified by the engine, leave the output distribution exact."""
-    from quickdraft.engine import accept
-    from tests.unit.test_tree_sampling import chi2_critical, chi2_statistic, markov_joint
-
     counts, kinds = markov_counts(accept, trials=2000, length=3, seed=5)
     assert all(kinds.values()), f"both kinds of draft must be exercised: {kinds}"
     stat, dof = chi2_statistic(counts, markov_joint(3))
@@ -336,9 +332,6 @@ def test_auto_under_sampling_keeps_the_target_distribution():
 
 def test_the_sampling_check_can_fail():
     """Negative control: a verifier that always accepts the first branch is caught by the same check."""
-    from quickdraft.verify import Verdict
-    from tests.unit.test_tree_sampling import chi2_critical, chi2_statistic, markov_joint
-
     def gullible(logits, draft, params, g):
         parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
         path, node = [], 0
