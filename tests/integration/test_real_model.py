@@ -9,8 +9,11 @@ pytestmark = pytest.mark.real
 # Combined methods are not listed by methods() (any a+b is one); cover one here.
 COMBINED = ["pld+recycle"]
 
+NEW_TOKENS = 48
+
+# Three prompts, 48 tokens each: a copy task, an open question and a summary (kept small: every
+# registered method runs them, in float32, so this module dominates the suite's time).
 PROMPTS = [
-    "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank.",
     "Rewrite the following code with the variable `x` renamed to `total`:\n\ndef add(a, b):\n    x = a + b\n"
     "    print(x)\n    return x\n",
     "What are three benefits of regular exercise?",
@@ -36,7 +39,7 @@ def real_method_options(real_engine, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def plain_results(real_engine) -> dict:
     """Plain greedy decoding of every prompt, computed once for all methods."""
-    return {prompt: real_engine.generate(prompt, method="ar", max_new_tokens=64) for prompt in PROMPTS}
+    return {prompt: real_engine.generate(prompt, method="ar", max_new_tokens=NEW_TOKENS) for prompt in PROMPTS}
 
 
 @pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
@@ -44,7 +47,7 @@ def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_o
     drafted = accepted = 0
     for prompt in PROMPTS:
         expected = plain_results[prompt]
-        got = real_engine.generate(prompt, method=method, max_new_tokens=64, options=real_method_options.get(method))
+        got = real_engine.generate(prompt, method=method, max_new_tokens=NEW_TOKENS, options=real_method_options.get(method))
         assert got.token_ids == expected.token_ids, f"{method} diverged on {prompt[:40]!r}"
         assert got.text == expected.text
         drafted += got.stats.drafted_tokens
