@@ -197,14 +197,16 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
 
     ckpt = checkpoint_path(out)
     step, train_s, losses = 0, 0.0, []
-    if ckpt.is_file() and not fresh:
-        step, train_s, losses = load_checkpoint(ckpt, objective, optimizer, config, sha)
-        log.info("resuming from %s at step %d", ckpt, step)
-    elif config.init is not None:
+    start = None  # an --init adapter to continue, and what it was trained with
+    if config.init is not None:
         start = read_adapter(config.init)
         if start.kind != kind or start.model_sha256 != sha or start.hparams != objective.hparams:
             raise QuickdraftError(f"--init {config.init}: a {start.kind} adapter for {start.model} with "
                                   f"{start.hparams}, not a {kind} adapter for {target.name} with {objective.hparams}")
+    if ckpt.is_file() and not fresh:
+        step, train_s, losses = load_checkpoint(ckpt, objective, optimizer, config, sha)
+        log.info("resuming from %s at step %d", ckpt, step)
+    elif start is not None:
         objective.load_tensors({k: v.float() for k, v in start.tensors.items()})
         log.info("starting from %s", config.init)
     resumed_from = step
@@ -250,6 +252,9 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
             "held_out_sequences": len(dataset.held_out), "loss_first": round(report.first_loss, 4),
             "loss_last": round(report.last_loss, 4), "held_out_accuracy": accuracy.to_dict(),
             "dtype": str(target.dtype).replace("torch.", "")}
+    if start is not None:
+        info["init"] = {"path": config.init, **{k: start.info[k] for k in ("steps", "train_minutes", "config", "init")
+                                                if k in start.info}}
     save_adapter(out, Adapter(kind=kind, model=target.name, model_sha256=sha, hparams=objective.hparams,
                               tensors={k: v.to(torch.float16 if kind == "heads" else torch.float32)
                                        for k, v in objective.tensors().items()}, info=info))
