@@ -226,3 +226,18 @@ def test_bad_adapter_via_the_engine_is_a_quickdraft_error(tiny_engine, tmp_path)
     path.write_text("nonsense")
     with pytest.raises(QuickdraftError):
         tiny_engine.generate("abc", method="ppd", chat=False, max_new_tokens=4, options={"adapter": str(path)})
+
+
+@pytest.mark.parametrize("method", ["ppd", "heads"])
+def test_sampling_runs_and_is_reproducible(tiny_engine, tiny_method_options, method):
+    """Their drafts are deterministic trees (no draft_probs): tree speculative sampling verifies them.
+
+    A fixed tree size: with the adaptive budget, statistics carried over from
+    the first request change the second one's drafts, hence its random draws.
+    """
+    kwargs = dict(method=method, chat=False, max_new_tokens=24, temperature=0.8, seed=3,
+                  options={**tiny_method_options[method], "nodes": 6})
+    first = tiny_engine.generate("abc abc abc", **kwargs)
+    second = tiny_engine.generate("abc abc abc", **kwargs)
+    assert first.token_ids == second.token_ids and len(first.token_ids) > 0
+    assert first.stats.drafted_tokens > 0
