@@ -86,8 +86,13 @@ class SourceSpec:
         path, as in a combined method (cheaper: fewer logits rows to read).
     signal: its statistics are split by the prompt-lookup match length.
     sized: it honours ``DraftContext.nodes``.
+    primes: it drafts from the previous step's outcome (heads: guesses from
+        the last accepted hidden state), and observing is its costly part. It
+        observes a step only when it will be asked at the next one (that
+        time counts as its drafting time); otherwise it is reset.
     needs: a user option without which it is left out by default
-        (``sources``: only when listed there).
+        (``sources``: only when listed there; ``adapter``: given, or shipped
+        for the model; left out quietly when there is none).
     """
 
     method: str
@@ -96,6 +101,7 @@ class SourceSpec:
     sees_all: bool = False
     signal: bool = False
     sized: bool = True
+    primes: bool = False
     needs: str | None = None
 
 
@@ -107,7 +113,7 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec("lookahead", learns=True, needs="sources"),  # opt-in: its window advances only when verified
         SourceSpec("rest", needs="datastore"),
         SourceSpec("draft", sized=False, needs="draft_model"),
-        SourceSpec("heads", learns=True, sees_all=True, sized=False, needs="adapter"),
+        SourceSpec("heads", sees_all=True, primes=True, needs="adapter"),
         SourceSpec("swift", sized=False, needs="sources"),  # opt-in: self-speculation costs much of a pass
         SourceSpec("early-exit", sized=False, needs="sources"),
     )
@@ -141,6 +147,8 @@ class Source:
         self.last_hit = False
         self.gain = np.full(BUCKETS, 2.0)
         self.last_asked = -(10 ** 9)
+        self.primed = False  # (primes) it observed the last step, to be asked at this one
+        self.primed_s = 0.0  # seconds that took
 
 
 @dataclass
@@ -213,6 +221,8 @@ class Auto(Drafter):
     def reset(self) -> None:
         """Forget the request (its tokens, undecided drafts, its report); keep what was learned."""
         self._pending.clear()
+        for src in self.sources:
+            src.primed = False
         self._tokens = []
         self._step = None
         self._report = self._empty_report()
@@ -229,6 +239,10 @@ class Auto(Drafter):
         if len(self._tokens) != len(context.tokens):  # a new request, or not the tokens we expected
             self._tokens = context.tokens.tolist()
             self._pending.clear()
+            for src in self.sources:
+                if src.spec.primes and src.primed:  # what it observed was for other tokens
+                    src.primed = False
+                    src.drafter.reset()
         self._step_no += 1
         cap = self.max_nodes if context.nodes is None else min(self.max_nodes, context.nodes)
         latency = self.latency.table()
@@ -239,11 +253,12 @@ class Auto(Drafter):
         asked: list[_Asked] = []
         wasted = 0.0  # seconds spent on sources that had nothing to propose
         for src in self.sources:
-            if drafting and self._worth_asking(src, bucket, latency[0]):
+            wanted = src.primed if src.spec.primes else self._worth_asking(src, bucket, latency[0], self._step_no)
+            if drafting and wanted:
                 t0 = self._clock()
                 ask = min(cap, max(MIN_ASK, int(2 * src.used) + 2)) if src.spec.sized else cap
                 draft = src.drafter.propose(replace(context, nodes=ask))
-                elapsed = self._clock() - t0
+                elapsed = self._clock() - t0 + src.primed_s
                 src.cost += GAIN_RATE * (elapsed - src.cost) if src.last_asked > 0 else elapsed - src.cost
                 src.last_asked = self._step_no
                 if not len(draft) or draft.extra_embeds is not None:
@@ -298,12 +313,12 @@ class Auto(Drafter):
             previous = choice.rate
         return choice
 
-    def _worth_asking(self, src: Source, bucket: int, plain_s: float) -> bool:
+    def _worth_asking(self, src: Source, bucket: int, plain_s: float, step: int) -> bool:
         """Asked when it looked useful lately, or when re-checking it costs at most its share of the time."""
         if src.gain[bucket] > 1.0 + self.margin:
             return True
         share = self.probe_share / len(self.sources)
-        return (self._step_no - src.last_asked) * share * plain_s >= src.cost
+        return (step - src.last_asked) * share * plain_s >= src.cost
 
     @staticmethod
     def _build(keep: tuple[int, ...], merged: Draft, asked: list, maps: list[list[int]]) -> Draft:
@@ -350,22 +365,46 @@ class Auto(Drafter):
         step, self._step = self._step, None
         as_proposed = step is not None and (outcome.draft is step.final or (
             outcome.draft.tokens == step.final.tokens and _parents(outcome.draft) == _parents(step.final)))
-        for src in self.sources:
-            entry = step.asked.get(src.index) if as_proposed else None
-            if entry is not None and entry.draft is outcome.draft:
-                src.drafter.observe(outcome)  # it was verified exactly as drafted
-            elif src.spec.learns and (src.spec.sees_all or not as_proposed):
-                src.drafter.observe(outcome)
-            elif src.spec.learns:  # its own nodes that were verified, then the accepted path
-                placed = entry is not None and len(entry.node_of) > 1
-                src.drafter.observe(part_view(outcome, entry.draft if placed else EMPTY_DRAFT,
-                                              entry.node_of if placed else [0]))
         self._tokens.extend(int(t) for t in outcome.tokens)
+        priming = 0.0
+        for src in self.sources:
+            view = self._view(src, step.asked.get(src.index) if as_proposed else None, outcome, as_proposed)
+            if src.spec.primes:
+                src.primed = self._primes(src)
+                if not src.primed:
+                    src.drafter.reset()  # no stale guesses next time
+                    continue
+                t0 = self._clock()
+                src.drafter.observe(view or outcome)
+                src.primed_s = self._clock() - t0
+                priming += src.primed_s
+            elif view is not None:
+                src.drafter.observe(view)
         self._resolve()
         if as_proposed:
             self._account(step, outcome)
             # what this step cost beyond drafting: the pass, acceptance, and the sources' learning
-            self.latency.record(len(outcome.draft), self._clock() - step.sent)
+            self.latency.record(len(outcome.draft), self._clock() - step.sent - priming)
+
+    @staticmethod
+    def _view(src: Source, entry: _Asked | None, outcome: StepOutcome, as_proposed: bool) -> StepOutcome | None:
+        """The step as a source should observe it, or None when it need not."""
+        if entry is not None and entry.draft is outcome.draft:
+            return outcome  # it was verified exactly as drafted
+        if src.spec.sees_all or (src.spec.learns and not as_proposed):
+            return outcome
+        if src.spec.learns:  # its own nodes that were verified, then the accepted path
+            placed = entry is not None and len(entry.node_of) > 1
+            return part_view(outcome, entry.draft if placed else EMPTY_DRAFT, entry.node_of if placed else [0])
+        return None
+
+    def _primes(self, src: Source) -> bool:
+        """Whether a priming source will be asked at the next step (so it should observe this one)."""
+        if not any(s.spec.signal for s in self.sources):
+            bucket = 0
+        else:
+            bucket = match_bucket(match_length(np.asarray(self._tokens, dtype=np.int64)))
+        return self._worth_asking(src, bucket, self.latency.table()[0], self._step_no + 1)
 
     def _account(self, step: _Step, outcome: StepOutcome) -> None:
         """Credit each verified node to the first source (most promising) that drafted it."""
@@ -414,7 +453,11 @@ def source_names(options: dict[str, Any]) -> tuple[list[str], bool]:
     """The sources to use and whether the user listed them (then every one must build)."""
     raw = options.get("sources")
     if raw is None:
-        return [*DEFAULT_SOURCES, *(n for n, s in SOURCES.items() if s.needs in INPUTS and options.get(s.needs))], False
+        names = list(DEFAULT_SOURCES)
+        for name, spec in SOURCES.items():  # an adapter may be shipped for the model: tried, left out if none
+            if spec.needs == "adapter" or (spec.needs in INPUTS and options.get(spec.needs)):
+                names.append(name)
+        return names, False
     names = [n.strip() for n in (raw.split(",") if isinstance(raw, str) else raw) if str(n).strip()]
     unknown = [n for n in names if n not in SOURCES]
     if unknown or not names:
@@ -458,7 +501,7 @@ def build(ctx: BuildContext) -> Drafter:
         try:
             built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=sub))))
         except QuickdraftError:
-            if explicit or name != "heads":  # the adapter given may be another kind's (ppd)
+            if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
                 raise
     latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.03)),

@@ -44,6 +44,7 @@ class World:
     def __init__(self) -> None:
         self.clock = Clock()
         self.flipped = False
+        self.committed = 0  # tokens committed before the step being observed
 
 
 class Scripted(Drafter):
@@ -94,6 +95,7 @@ def run(auto: Auto, world: World, steps: int, latency=CHEAP, *, start: int = 0) 
         decided, _ = resolve(draft.tokens, parents, future)
         path = tuple(node for node, hit in decided if hit)
         emitted = tuple(future[: len(path) + 1])
+        world.committed = len(tokens)
         auto.observe(StepOutcome(draft=draft, path=path, tokens=emitted, target_logits=torch.zeros(len(draft) + 1, 1)))
         tokens += emitted
     return drafts
@@ -188,6 +190,53 @@ def test_sources_that_learn_see_every_step_and_others_only_their_own():
     assert other.observed <= other.proposals  # observes only steps that verified its own draft
 
 
+class Priming(Drafter):
+    """Like heads: drafts from what it observed at the previous step; observing is its costly part."""
+
+    def __init__(self, world: World, *, right=lambda world: True, cost: float = 0.004) -> None:
+        self.world, self.right, self.cost = world, right, cost
+        self.observed = self.stale = self.drafts = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.ready_at: int | None = None  # committed length its guesses are for
+
+    def propose(self, context: DraftContext) -> Draft:
+        if self.ready_at is None:
+            return Draft()
+        self.stale += self.ready_at != len(context.tokens)
+        self.drafts += 1
+        done = len(context.tokens) - len(PROMPT)
+        truth = REFERENCE[done: done + min(6, context.nodes or 6)]
+        return Draft(tokens=tuple(truth) if self.right(self.world) else tuple((t + 1) % VOCAB for t in truth))
+
+    def observe(self, outcome: StepOutcome) -> None:
+        self.observed += 1
+        self.world.clock.now += self.cost
+        self.ready_at = self.world.committed + len(outcome.tokens)
+
+
+def test_a_priming_source_observes_only_before_it_is_asked():
+    world = World()
+    good = Priming(world)
+    auto = Auto([(SourceSpec("heads", primes=True, sees_all=True), good)], LatencyModel(CHEAP, max_nodes=32),
+                clock=world.clock)
+    run(auto, world, 100)
+    assert good.stale == 0 and good.drafts >= 95 and good.observed <= 101  # observed, then asked, nearly always
+    assert auto.explain()["heads"]["accepted"] >= 5 * 90
+
+    world = World()
+    useless = Priming(world, right=lambda w: False)
+    auto = Auto([(SourceSpec("heads", primes=True, sees_all=True), useless)], LatencyModel(CHEAP, max_nodes=32),
+                clock=world.clock)
+    run(auto, world, 50)
+    observed = useless.observed
+    run(auto, world, 200)
+    assert useless.stale == 0
+    assert useless.observed - observed <= 200 * 0.2  # its costly observing stops but for rare re-checks
+    assert auto.explain()["plain"]["chosen"] >= 230
+
+
 def test_report_accounts_for_every_step_and_accepted_token():
     world = World()
     sometimes = Scripted(world, k=6, right=lambda w: w.clock.now % 1 < .5)
@@ -251,8 +300,8 @@ def test_memory_is_bounded():
 
 
 def test_source_names_and_bad_options():
-    assert source_names({})[0] == ["pld-tree", "recycle", "ngram"]
-    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest"]
+    assert source_names({})[0] == ["pld-tree", "recycle", "ngram", "heads"]  # heads: if an adapter is found
+    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest", "heads"]
     assert source_names({"sources": "recycle, ngram"}) == (["recycle", "ngram"], True)
     with pytest.raises(QuickdraftError, match="unknown source 'bogus'"):
         source_names({"sources": "pld-tree,bogus"})
