@@ -40,12 +40,12 @@ them as any draft. A draft that merges several sources is deterministic
 (one-hot for speculative sampling, always valid); a single source's draft, or
 the start of its chain, keeps its draft probabilities.
 
-Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, plus
-rest with a ``datastore``, draft with a ``draft_model``, heads with an
-``adapter`` for heads; lookahead on request), ``max_nodes`` (32), ``margin``
-(0.03), ``probe_share`` (0.02). Not included: ``ppd`` (its prompt tokens
-cannot share a tree with other drafts), and ``swift``/``early-exit`` unless
-listed (drafting with the model itself costs a large share of a pass here).
+Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, heads
+when an adapter for the model is given or shipped, plus rest with a
+``datastore`` and draft with a ``draft_model``; lookahead, swift and
+early-exit only when listed), ``max_nodes`` (32), ``margin`` (0.03),
+``probe_share`` (0.02). Not a source: ``ppd`` (its prompt tokens cannot share
+a tree with other drafts).
 """
 
 from __future__ import annotations
