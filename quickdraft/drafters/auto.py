@@ -135,8 +135,10 @@ class Source:
         (accuracy comes in runs: text being copied or repeated).
     gain[bucket]: running mean of the speed-up its draft added to those of
         the sources ranked before it (the first: over a plain step), its
-        drafting time included. Optimistic at first, so every source is tried;
-        sources are ranked by it, and asked while it exceeds 1 + margin.
+        drafting time included. Sources are ranked by it, and asked while it
+        exceeds 1 + margin. Optimistic at first, so every source is tried; a
+        bucket not seen yet starts from the mean of those seen (a costly
+        source found useless is not tried again in every bucket).
     last_asked: the step it was last asked.
     """
 
@@ -146,9 +148,23 @@ class Source:
         self.used = 4.0
         self.last_hit = False
         self.gain = np.full(BUCKETS, 2.0)
+        self.seen = np.zeros(BUCKETS, dtype=bool)  # buckets whose gain was measured
         self.last_asked = -(10 ** 9)
         self.primed = False  # (primes) it observed the last step, to be asked at this one
         self.primed_s = 0.0  # seconds that took
+
+
+    def gain_at(self, bucket: int) -> float:
+        if self.seen[bucket] or not self.seen.any():
+            return float(self.gain[bucket])
+        return float(self.gain[self.seen].mean())
+
+    def learn_gain(self, bucket: int, value: float) -> None:
+        """One more measurement of the speed-up it added in ``bucket``."""
+        if not self.seen[bucket]:
+            self.gain[bucket] = self.gain_at(bucket)
+            self.seen[bucket] = True
+        self.gain[bucket] += GAIN_RATE * (value - self.gain[bucket])
 
 
 @dataclass
@@ -204,6 +220,7 @@ class Auto(Drafter):
         self.margin, self.probe_share = margin, probe_share
         self.stats = stats or AcceptanceStats(len(self.sources), BUCKETS)
         self._signal = any(src.spec.signal for src in self.sources)
+        self._bucket_cache = (-1, 0)  # (context length, its bucket)
         self._clock = clock
         self._pending: deque[_Pending] = deque(maxlen=max_pending)
         self._step_no = 0
@@ -221,6 +238,7 @@ class Auto(Drafter):
     def reset(self) -> None:
         """Forget the request (its tokens, undecided drafts, its report); keep what was learned."""
         self._pending.clear()
+        self._bucket_cache = (-1, 0)
         for src in self.sources:
             src.primed = False
         self._tokens = []
@@ -239,6 +257,7 @@ class Auto(Drafter):
         if len(self._tokens) != len(context.tokens):  # a new request, or not the tokens we expected
             self._tokens = context.tokens.tolist()
             self._pending.clear()
+            self._bucket_cache = (-1, 0)
             for src in self.sources:
                 if src.spec.primes and src.primed:  # what it observed was for other tokens
                     src.primed = False
@@ -247,7 +266,7 @@ class Auto(Drafter):
         cap = self.max_nodes if context.nodes is None else min(self.max_nodes, context.nodes)
         latency = self.latency.table()
         drafting = cap > 0 and context.budget > 0
-        bucket = match_bucket(match_length(context.tokens)) if drafting and self._signal else 0
+        bucket = self._bucket_of(context.tokens, len(context.tokens)) if drafting else 0
 
         # 1. ask the sources worth asking; the others that learn only keep up with the context
         asked: list[_Asked] = []
@@ -263,7 +282,7 @@ class Auto(Drafter):
                 src.last_asked = self._step_no
                 if not len(draft) or draft.extra_embeds is not None:
                     wasted += elapsed
-                    src.gain[bucket] += GAIN_RATE * (1.0 - src.gain[bucket])
+                    src.learn_gain(bucket, 1.0)
                     continue
                 parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
                 depth, rank = node_features(parents)
@@ -278,7 +297,7 @@ class Auto(Drafter):
         # 2. merge (most promising source first), score, choose the nodes to verify
         final = EMPTY_DRAFT
         if asked:
-            asked.sort(key=lambda entry: -entry.source.gain[bucket])
+            asked.sort(key=lambda entry: -entry.source.gain_at(bucket))
             merged, maps = merge_drafts([entry.draft for entry in asked], sum(len(entry.draft) for entry in asked))
             choice = self._choose(asked, merged, maps, latency, cap=cap, bucket=bucket, wasted=wasted)
             if choice.nodes and choice.gain > 1.0 + self.margin:
@@ -308,14 +327,13 @@ class Auto(Drafter):
             spent += entry.elapsed
             choice = best_size(path_scores(merged.parents[:size], conditional[:size]), latency, draft_s=spent,
                                max_nodes=cap)
-            gain = entry.source.gain
-            gain[bucket] += GAIN_RATE * (choice.rate / previous - gain[bucket])
+            entry.source.learn_gain(bucket, choice.rate / previous)
             previous = choice.rate
         return choice
 
     def _worth_asking(self, src: Source, bucket: int, plain_s: float, step: int) -> bool:
         """Asked when it looked useful lately, or when re-checking it costs at most its share of the time."""
-        if src.gain[bucket] > 1.0 + self.margin:
+        if src.gain_at(bucket) > 1.0 + self.margin:
             return True
         share = self.probe_share / len(self.sources)
         return (step - src.last_asked) * share * plain_s >= src.cost
@@ -400,11 +418,17 @@ class Auto(Drafter):
 
     def _primes(self, src: Source) -> bool:
         """Whether a priming source will be asked at the next step (so it should observe this one)."""
-        if not any(s.spec.signal for s in self.sources):
-            bucket = 0
-        else:
-            bucket = match_bucket(match_length(np.asarray(self._tokens, dtype=np.int64)))
+        cached = self._bucket_cache[0] == len(self._tokens)
+        bucket = self._bucket_of(None if cached else np.asarray(self._tokens, dtype=np.int64), len(self._tokens))
         return self._worth_asking(src, bucket, self.latency.table()[0], self._step_no + 1)
+
+    def _bucket_of(self, tokens: np.ndarray | None, length: int) -> int:
+        """The signal bucket of a context of ``length`` tokens (cached: a priming source asks for it early)."""
+        if not self._signal:
+            return 0
+        if self._bucket_cache[0] != length:
+            self._bucket_cache = (length, match_bucket(match_length(tokens)))
+        return self._bucket_cache[1]
 
     def _account(self, step: _Step, outcome: StepOutcome) -> None:
         """Credit each verified node to the first source (most promising) that drafted it."""
