@@ -136,9 +136,10 @@ class Source:
     gain[bucket]: running mean of the speed-up its draft added to those of
         the sources ranked before it (the first: over a plain step), its
         drafting time included. Sources are ranked by it, and asked while it
-        exceeds 1 + margin. Optimistic at first, so every source is tried; a
-        bucket not seen yet starts from the mean of those seen (a costly
-        source found useless is not tried again in every bucket).
+        exceeds 1 + margin. Optimistic at first, so every source is tried
+        (but a priming one, costly to keep ready, which has to prove itself in
+        probes); a bucket not seen yet starts from the mean of those seen (a
+        costly source found useless is not tried again in every bucket).
     last_asked: the step it was last asked.
     """
 
@@ -147,7 +148,7 @@ class Source:
         self.cost = 0.0
         self.used = 4.0
         self.last_hit = False
-        self.gain = np.full(BUCKETS, 2.0)
+        self.gain = np.full(BUCKETS, 1.0 if spec.primes else 2.0)
         self.seen = np.zeros(BUCKETS, dtype=bool)  # buckets whose gain was measured
         self.last_asked = -(10 ** 9)
         self.primed = False  # (primes) it observed the last step, to be asked at this one

@@ -222,7 +222,8 @@ def test_a_priming_source_observes_only_before_it_is_asked():
     auto = Auto([(SourceSpec("heads", primes=True, sees_all=True), good)], LatencyModel(CHEAP, max_nodes=32),
                 clock=world.clock)
     run(auto, world, 100)
-    assert good.stale == 0 and good.drafts >= 95 and good.observed <= 101  # observed, then asked, nearly always
+    assert good.stale == 0 and good.observed <= 101
+    assert good.drafts >= 85  # found by an early probe (it starts neutral), then observed and asked every step
     assert auto.explain()["heads"]["accepted"] >= 5 * 90
 
     world = World()
