@@ -51,6 +51,7 @@ a tree with other drafts).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -496,20 +497,24 @@ def source_names(options: dict[str, Any]) -> tuple[list[str], bool]:
 def latency_prior(target):
     """Verify seconds per draft size: the machine profile (measured once) when it looks sound.
 
-    A profile measured while other processes kept the machine busy can be
-    noise; then a generic shape (a node costs 1/32 of a plain step) scaled to
-    the profile's fastest pass stands in, and the step times seen correct it.
+    A profile that looks like noise (a busy machine while it was measured) is
+    measured again, once; if it still does, a cautious generic shape stands
+    in, scaled to its fastest pass: n nodes cost ``1 + log2(1 + n) / 4``
+    plain steps (float32 on a CPU; bfloat16 there is cheaper), which the step
+    times seen then correct.
     """
     if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
-        return lambda n: 0.02 * (1 + n / 32)
+        return lambda n: 0.02 * (1 + math.log2(1 + n) / 4)
     from ..profile import load_or_measure
 
     profile = load_or_measure(target)
+    if not (profile.quiet and plausible(profile.latency)):
+        profile = load_or_measure(target, refresh=True)
     if profile.quiet and plausible(profile.latency):
         return profile.latency
-    log.info("auto: the latency profile looks noisy (busy machine); starting from a generic one")
+    log.info("auto: the latency profile looks noisy (busy machine); starting from a cautious generic one")
     base = min(profile.seconds)
-    return lambda n: base * (1 + n / 32)
+    return lambda n: base * (1 + math.log2(1 + n) / 4)
 
 
 @register("auto", lossless=True,
