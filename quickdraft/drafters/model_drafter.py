@@ -131,6 +131,41 @@ def select_tree(scores: list[float], parents: list[int], keep: int) -> list[int]
     return order
 
 
+class Backoff:
+    """When to skip a draft pass after the stop rule declined to draft: exponential backoff.
+
+    After ``d`` declines in a row the next ``min(2^(d-1), cap)`` proposals skip
+    the draft model altogether; then one probe runs it again (its cache catches
+    up in one batched pass) and lets the stop rule decide with what it learned.
+    A draft that is made resets the backoff.
+
+    >>> b = Backoff(cap=4)
+    >>> b.record(declined=True)
+    >>> [b.skip() for _ in range(2)]
+    [True, False]
+    >>> b.record(declined=True)
+    >>> [b.skip() for _ in range(3)]
+    [True, True, False]
+    >>> b.record(declined=False); b.skip()
+    False
+    """
+
+    def __init__(self, cap: int = 32) -> None:
+        self.cap = cap
+        self.declines = 0  # in a row
+        self.left = 0  # proposals still to skip
+
+    def skip(self) -> bool:
+        if self.left > 0:
+            self.left -= 1
+            return True
+        return False
+
+    def record(self, *, declined: bool) -> None:
+        self.declines = self.declines + 1 if declined else 0
+        self.left = min(2 ** (self.declines - 1), self.cap) if declined else 0
+
+
 class ModelDrafter(Drafter):
     """Drafts with a :class:`DraftLM` whose cache follows the committed tokens.
 
@@ -160,6 +195,7 @@ class ModelDrafter(Drafter):
         self.use(lm, cost)
         self._generator: torch.Generator | None = None
         self._last: tuple[Draft, list[float], list[int]] | None = None  # last draft, node confidences, ranks
+        self._backoff = Backoff()
 
     def use(self, lm: DraftLM, cost: float) -> None:
         """Draft with ``lm`` from now on (a fresh cache)."""
@@ -171,6 +207,7 @@ class ModelDrafter(Drafter):
         # reuses what it shares with the last one and drops the rest.
         self._generator = None
         self._last = None
+        self._backoff.left = 0  # a new request starts with a probe
 
     # ------------------------------------------------------------- propose
 
@@ -178,6 +215,11 @@ class ModelDrafter(Drafter):
         params = context.params or GREEDY
         limit = min(context.budget, self.max_k if self.k is None else self.k)
         if limit <= 0:
+            return EMPTY_DRAFT
+        if self.k is None and self.tree is None and self._backoff.skip():
+            # The chain rule declined lately: do not pay a draft pass just to
+            # decline again; the next probe catches the draft cache up in one pass.
+            self._last = None
             return EMPTY_DRAFT
         if not params.greedy and self._generator is None:
             # Its own stream, seeded from the request's seed, apart from the verifier's.
@@ -188,6 +230,7 @@ class ModelDrafter(Drafter):
         else:
             draft, confs = self._chain(logits, params, limit)
             ranks = [0] * len(confs)
+            self._backoff.record(declined=not draft.tokens)
         self._last = (draft, confs, ranks)
         return draft
 
@@ -333,5 +376,5 @@ def forward_cost(model) -> int:
     return sum(p.numel() for p in layers.parameters()) + model.get_output_embeddings().weight.numel()
 
 
-__all__ = ["ModelDrafter", "TreeShape", "VocabMap", "causal_allowed", "draft_distribution", "forward_cost",
+__all__ = ["Backoff", "ModelDrafter", "TreeShape", "VocabMap", "causal_allowed", "draft_distribution", "forward_cost",
            "select_tree"]
