@@ -12,7 +12,10 @@ by measurement, not training:
    proxy for acceptance.
 2. *Choose* the candidate with the highest predicted speed-up
    (:func:`predicted_speedup`) from its acceptance and its cost (the share of
-   the weights it reads).
+   the weights it reads). When no candidate is predicted to pay, adaptive
+   chains stand down for the request: no draft pass at all (not even to keep
+   the draft cache in step), so the method costs what plain decoding costs;
+   every ``remeasure``-th request measures the candidates again on its prompt.
 3. *Learn*: after each request the chosen candidate's estimate moves towards
    the acceptance it actually yielded, so a candidate that disappoints gives
    way to the next best at the next request. The drafter is kept per engine
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import QuickdraftError
-from .base import Draft, DraftContext, StepOutcome
+from .base import EMPTY_DRAFT, Draft, DraftContext, StepOutcome
 from .lm import LayerSubsetLM, check_self_spec_support
 from .model_drafter import ModelDrafter
 
@@ -97,7 +100,7 @@ class SelfSpecDrafter(ModelDrafter):
     """
 
     def __init__(self, model, candidates: Sequence[Sequence[int]], *, window: int = 96, learn: float = 0.5,
-                 **settings) -> None:
+                 remeasure: int = 16, **settings) -> None:
         check_self_spec_support(model)
         if not candidates:
             raise ValueError("no candidate layer sets")
@@ -107,8 +110,12 @@ class SelfSpecDrafter(ModelDrafter):
         self.current: Candidate | None = None
         self._chosen = False  # whether this request's layer set has been chosen
         self._tried = self._accepted = 0  # this request's reached and accepted draft tokens
-        self._fixed_cost = settings.pop("cost", None)
-        super().__init__(LayerSubsetLM(model, self.candidates[0].layers), cost=self.candidates[0].cost, **settings)
+        self._fixed_cost = settings.get("cost")
+        self.remeasure = remeasure
+        self.standing_down = False  # this request: nothing is predicted to pay, so no drafting
+        self._requests = 0
+        settings.setdefault("cost", self.candidates[0].cost)
+        super().__init__(LayerSubsetLM(model, self.candidates[0].layers), **settings)
 
     def reset(self) -> None:
         self._learn_from_request()
@@ -118,6 +125,8 @@ class SelfSpecDrafter(ModelDrafter):
     def propose(self, context: DraftContext) -> Draft:
         if not self._chosen:
             self._choose(context.tokens)
+        if self.standing_down:
+            return EMPTY_DRAFT
         return super().propose(context)
 
     def observe(self, outcome: StepOutcome) -> None:
@@ -127,13 +136,20 @@ class SelfSpecDrafter(ModelDrafter):
             self._accepted += len(outcome.path)
 
     def _choose(self, tokens: np.ndarray) -> None:
-        if len(self.candidates) > 1 and any(c.alpha is None for c in self.candidates):
+        self._requests += 1
+        adaptive = self.k is None and self.tree is None
+        unmeasured = any(c.alpha is None for c in self.candidates)
+        again = adaptive and self.standing_down and self._requests % self.remeasure == 0
+        if len(self.candidates) > 1 and (unmeasured or again):
             window = [int(t) for t in tokens[-self.window:]]
             if len(window) >= 8:
                 for cand, rate in zip(self.candidates, match_rates(self.model, [c.layers for c in self.candidates],
                                                                    window)):
-                    cand.alpha = rate if cand.alpha is None else cand.alpha
+                    cand.alpha = rate if cand.alpha is None or again else cand.alpha
         best = max(self.candidates, key=lambda c: (c.speedup, c.alpha or 0.0, -c.cost))
+        # Stand down only on evidence, and only where the user fixed neither the layers nor the length.
+        self.standing_down = (adaptive and len(self.candidates) > 1 and best.alpha is not None
+                              and best.speedup <= 1.0)
         if best is not self.current:
             self.current = best
             self.use(LayerSubsetLM(self.model, best.layers), self._fixed_cost or best.cost)

@@ -285,6 +285,38 @@ def test_self_spec_chooses_the_candidate_that_matches_and_learns_from_acceptance
     assert predicted_speedup(1.0, drafter.candidates[1].cost) < predicted_speedup(1.0, drafter.candidates[0].cost)
 
 
+def test_self_spec_stands_down_without_draft_passes_when_nothing_pays(tiny_engine, ids):
+    model = tiny_engine.target.model
+    context = DraftContext(tokens=np.array(ids), prompt_len=len(ids), budget=5)
+    drafter = SelfSpecDrafter(model, [(0,), (1,)])
+    for cand in drafter.candidates:
+        cand.alpha = 0.05  # measured: hardly ever agrees, so no candidate is predicted to pay
+    drafter.reset()
+    assert not drafter.propose(context).tokens and drafter.standing_down
+    assert len(drafter.session) == 0  # not even a pass to keep the draft cache in step
+    control = SelfSpecDrafter(model, [(0,), (1,)])
+    control.candidates[0].alpha, control.candidates[1].alpha = 0.95, 0.05  # the first one pays
+    control.reset()
+    control.propose(context)
+    assert not control.standing_down and control.layers == (0,) and len(control.session) == len(ids)
+
+
+def test_model_drafter_backs_off_after_declining():
+    from quickdraft.drafters.model_drafter import Backoff
+
+    b = Backoff(cap=8)
+    skipped = []
+    for _ in range(6):
+        b.record(declined=True)
+        n = 0
+        while b.skip():
+            n += 1
+        skipped.append(n)
+    assert skipped == [1, 2, 4, 8, 8, 8]
+    b.record(declined=False)
+    assert not b.skip()
+
+
 def test_self_spec_fixed_layers_and_bad_options(tiny_engine):
     assert tiny_engine.drafter("swift", {"skip": "1"}).candidates[0].layers == (0,)
     assert tiny_engine.drafter("early-exit", {"exit_layer": 1}).candidates[0].layers == (0,)
