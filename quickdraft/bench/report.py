@@ -317,13 +317,17 @@ def plot_speedup(results: dict[str, Any], path: Path) -> None:
     """Grouped bars: one group per category (and overall), one bar per method."""
     methods = [m for m in results["methods"] if m != BASELINE]
     groups = [*results["categories"], "overall"]
-    fig = _figure(max(6.0, 1.1 * len(groups) * max(1, len(methods)) ** 0.5 + 2), 4.0 + 0.25 * (len(methods) // 6))
+    fig = _figure(min(14.0, max(6.0, len(groups) * (0.8 + 0.11 * len(methods)))), 4.5 + 0.25 * (len(methods) // 6))
     ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"].colors  # one distinct colour per method
     for i, name in enumerate(methods):
         m = results["methods"][name]
         values = [(m["categories"][g] if g != "overall" else m["overall"])["speedup"] or 0.0 for g in groups]
-        ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(groups))], values, width, label=name)
+        ax.bar([x + (i - (len(methods) - 1) / 2) * width for x in range(len(groups))], values, width, label=name,
+               color=palette[i % len(palette)])
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--", label="ar (1.0)")
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_ylabel("speedup over ar (×)")

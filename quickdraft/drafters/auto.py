@@ -24,7 +24,10 @@ own phrasing repeats, and on open-ended text drafting may not pay at all.
    verify latency of n nodes on this machine
    (:class:`~quickdraft.selection.LatencyModel`, from :mod:`quickdraft.profile`)
    and the drafting time spent (:func:`~quickdraft.selection.best_size`).
-   n = 0 is a plain step, chosen unless drafting beats it by ``margin``.
+   n = 0 is a plain step, chosen unless drafting beats it by ``margin``
+   after the prediction is scaled by how well predictions held up lately
+   (:class:`Trust`: realized over predicted speed of drafted steps, per
+   bucket), so an optimistic estimate cannot keep auto slower than plain.
 4. *Learn.* Every draft asked for, verified or not, is scored against the
    tokens the target then emits (:func:`~quickdraft.selection.resolve`), so
    a source that stops being accepted stops being chosen, and one that starts
@@ -169,6 +172,53 @@ class Source:
         self.gain[bucket] += GAIN_RATE * (value - self.gain[bucket])
 
 
+class Trust:
+    """How far auto's predictions of a drafted step's speed held up, per signal bucket: a calibration factor.
+
+    Expected accepted tokens come from running statistics, and the nodes
+    verified are those with the highest estimates, so predictions lean
+    optimistic (and statistics learned on other text may not hold here). Each
+    drafted step records the tokens it emitted, scaled to the predicted time
+    (``tokens * predicted_s / seconds``), against the tokens predicted; the
+    factor is their ratio of decayed sums with ``weight`` pseudo-tokens at
+    1.0. A draft is verified only when its predicted gain times the factor
+    beats a plain step. Plain steps fade the evidence (``fade``), so a bucket
+    where drafting stopped paying is tried again later.
+
+    >>> t = Trust(buckets=1)
+    >>> t.factor(0)
+    1.0
+    >>> for _ in range(40): t.record(0, tokens=1, predicted=2.0, seconds=1.0, predicted_s=1.0)
+    >>> round(t.factor(0), 2)       # half of what was predicted
+    0.55
+    >>> for _ in range(2000): t.fade_step(0)
+    >>> round(t.factor(0), 2)       # long without drafting: back towards 1
+    1.0
+    """
+
+    def __init__(self, buckets: int, *, weight: float = 4.0, decay: float = 0.95, fade: float = 0.995,
+                 low: float = 0.25, high: float = 2.0) -> None:
+        self.realized = np.zeros(buckets)
+        self.predicted = np.zeros(buckets)
+        self.weight, self.decay, self.fade, self.low, self.high = weight, decay, fade, low, high
+
+    def factor(self, bucket: int) -> float:
+        value = (self.realized[bucket] + self.weight) / (self.predicted[bucket] + self.weight)
+        return float(min(max(value, self.low), self.high))
+
+    def record(self, bucket: int, *, tokens: int, predicted: float, seconds: float, predicted_s: float) -> None:
+        """A drafted step: ``tokens`` emitted in ``seconds``; ``predicted`` tokens in ``predicted_s`` were expected."""
+        if seconds <= 0 or predicted_s <= 0:
+            return
+        self.realized[bucket] = self.decay * self.realized[bucket] + tokens * predicted_s / seconds
+        self.predicted[bucket] = self.decay * self.predicted[bucket] + predicted
+
+    def fade_step(self, bucket: int) -> None:
+        """A plain step: the evidence about drafting in ``bucket`` ages."""
+        self.realized[bucket] *= self.fade
+        self.predicted[bucket] *= self.fade
+
+
 @dataclass
 class _Pending:
     """A draft waiting for the target's tokens to score it (see :func:`~quickdraft.selection.resolve`)."""
@@ -200,6 +250,9 @@ class _Step:
     final: Draft
     asked: dict[int, _Asked]
     sent: float
+    bucket: int = 0
+    choice: Choice | None = None  # the prediction for a drafted step
+    draft_s: float = 0.0  # seconds spent drafting it
 
 
 class Auto(Drafter):
@@ -221,6 +274,7 @@ class Auto(Drafter):
         self.max_nodes = min(max_nodes, latency.max_nodes)
         self.margin, self.probe_share = margin, probe_share
         self.stats = stats or AcceptanceStats(len(self.sources), BUCKETS)
+        self.trust = Trust(BUCKETS)
         self._signal = any(src.spec.signal for src in self.sources)
         self._bucket_cache = (-1, 0)  # (context length, its bucket)
         self._clock = clock
@@ -297,16 +351,17 @@ class Auto(Drafter):
                 src.drafter.propose(replace(context, nodes=0))
 
         # 2. merge (most promising source first), score, choose the nodes to verify
-        final = EMPTY_DRAFT
+        final, chosen = EMPTY_DRAFT, None
         if asked:
             asked.sort(key=lambda entry: -entry.source.gain_at(bucket))
             merged, maps = merge_drafts([entry.draft for entry in asked], sum(len(entry.draft) for entry in asked))
             choice = self._choose(asked, merged, maps, latency, cap=cap, bucket=bucket, wasted=wasted)
-            if choice.nodes and choice.gain > 1.0 + self.margin:
-                final = self._build(choice.nodes, merged, asked, maps)
+            if choice.nodes and choice.gain * self.trust.factor(bucket) > 1.0 + self.margin:
+                final, chosen = self._build(choice.nodes, merged, asked, maps), choice
             else:
                 self._build((), merged, asked, maps)
-        self._step = _Step(final=final, asked={entry.source.index: entry for entry in asked}, sent=self._clock())
+        self._step = _Step(final=final, asked={entry.source.index: entry for entry in asked}, sent=self._clock(),
+                           bucket=bucket, choice=chosen, draft_s=wasted + sum(entry.elapsed for entry in asked))
         return final
 
     @staticmethod
@@ -404,7 +459,14 @@ class Auto(Drafter):
         if as_proposed:
             self._account(step, outcome)
             # what this step cost beyond drafting: the pass, acceptance, and the sources' learning
-            self.latency.record(len(outcome.draft), self._clock() - step.sent - priming)
+            verify_s = self._clock() - step.sent - priming
+            self.latency.record(len(outcome.draft), verify_s)
+            if step.choice is not None and len(step.final):
+                self.trust.record(step.bucket, tokens=len(outcome.tokens), predicted=1.0 + step.choice.expected,
+                                  seconds=step.draft_s + verify_s, predicted_s=1.0 / step.choice.rate
+                                  * (1.0 + step.choice.expected))
+            elif not len(step.final):
+                self.trust.fade_step(step.bucket)
 
     @staticmethod
     def _view(src: Source, entry: _Asked | None, outcome: StepOutcome, as_proposed: bool) -> StepOutcome | None:
