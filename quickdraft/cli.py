@@ -80,7 +80,8 @@ def _sources_text(sources: dict[str, dict[str, int]]) -> str:
 @main.command()
 @click.argument("prompt", required=False)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
-@click.option("--method", default="ar", show_default=True, help="decoding method (see `quickdraft methods`)")
+@click.option("--method", default="auto", show_default=True,
+              help="decoding method (see `quickdraft methods`); `ar` is plain decoding")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
 @click.option("--top-p", type=float, default=1.0, show_default=True)

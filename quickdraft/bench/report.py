@@ -212,7 +212,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# quickdraft bench: `{results['suite']}` suite, {results['model']}",
         "",
-        f"{results['prompts']} prompts in {len(cats)} categories, up to {results['max_new_tokens']} new tokens per "
+        f"{results['prompts']} prompts in {len(cats)} {'category' if len(cats) == 1 else 'categories'}, "
+        f"up to {results['max_new_tokens']} new tokens per "
         f"turn, {mode}, {results['repeats']} repeat(s), {results['dtype']} on {results['device']} with "
         f"{results['threads']} thread(s). Peak memory of the process: {_fmt(results['peak_rss_mb'], '.0f', ' MB')}. "
         f"Measured {results['created']} with "

@@ -35,9 +35,16 @@ def test_generate_streams_text_and_stats(cli, tiny_dir, tmp_path):
     prompt = tmp_path / "p.txt"
     prompt.write_text("hello hello")
     out = cli.invoke(main, ["generate", "--prompt-file", str(prompt), "--model", str(tiny_dir), "--no-chat",
-                            "--max-new-tokens", "8", "--stats", "--dtype", "float32"])
+                            "--max-new-tokens", "8", "--stats", "--dtype", "float32", "--method", "ar"])
     assert out.exit_code == 0, out.output
     assert "mean accepted 1.00" in out.stderr
+
+
+def test_generate_defaults_to_auto(cli, tiny_dir):
+    out = cli.invoke(main, ["generate", "abc abc abc", "--model", str(tiny_dir), "--no-chat", "--max-new-tokens", "8",
+                            "--dtype", "float32", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["method"] == "auto"
 
 
 def test_prompt_from_stdin(cli, tiny_dir):
