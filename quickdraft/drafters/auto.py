@@ -46,8 +46,8 @@ the start of its chain, keeps its draft probabilities.
 Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, heads
 when an adapter for the model is given or shipped, plus rest with a
 ``datastore`` and draft with a ``draft_model``; lookahead, swift and
-early-exit only when listed), ``max_nodes`` (32), ``margin`` (0.03),
-``probe_share`` (0.02). Not a source: ``ppd`` (its prompt tokens cannot share
+early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
+gate already charges what the predictions miss), ``probe_share`` (0.02). Not a source: ``ppd`` (its prompt tokens cannot share
 a tree with other drafts).
 """
 
@@ -263,7 +263,7 @@ class Auto(Drafter):
     """
 
     def __init__(self, sources: Sequence[tuple[SourceSpec, Drafter]], latency: LatencyModel, *, max_nodes: int = 32,
-                 margin: float = 0.03, probe_share: float = 0.02, stats: AcceptanceStats | None = None,
+                 margin: float = 0.0, probe_share: float = 0.02, stats: AcceptanceStats | None = None,
                  max_pending: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
         if not sources:
             raise ValueError("auto needs at least one source")
@@ -596,7 +596,7 @@ def build(ctx: BuildContext) -> Drafter:
             if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
                 raise
     latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
-    return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.03)),
+    return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),
                 probe_share=float(options.get("probe_share", 0.02)))
 
 
