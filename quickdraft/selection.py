@@ -156,6 +156,11 @@ class Choice:
         """Expected speed relative to a plain step."""
         return self.rate / self.plain_rate
 
+    @property
+    def seconds(self) -> float:
+        """Expected seconds of the step (drafting and verifying): the expected tokens over their rate."""
+        return (1.0 + self.expected) / self.rate
+
 
 def best_size(scores: Sequence[float], latency: Sequence[float], *, draft_s: float = 0.0,
               margin: float = 0.0, max_nodes: int | None = None) -> Choice:

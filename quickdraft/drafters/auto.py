@@ -47,8 +47,8 @@ Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, heads
 when an adapter for the model is given or shipped, plus rest with a
 ``datastore`` and draft with a ``draft_model``; lookahead, swift and
 early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
-gate already charges what the predictions miss), ``probe_share`` (0.02). Not a source: ``ppd`` (its prompt tokens cannot share
-a tree with other drafts).
+gate already charges what the predictions miss), ``probe_share`` (0.02). Not
+a source: ``ppd`` (its prompt tokens cannot share a tree with other drafts).
 """
 
 from __future__ import annotations
@@ -157,7 +157,6 @@ class Source:
         self.last_asked = -(10 ** 9)
         self.primed = False  # (primes) it observed the last step, to be asked at this one
         self.primed_s = 0.0  # seconds that took
-
 
     def gain_at(self, bucket: int) -> float:
         if self.seen[bucket] or not self.seen.any():
@@ -463,8 +462,7 @@ class Auto(Drafter):
             self.latency.record(len(outcome.draft), verify_s)
             if step.choice is not None and len(step.final):
                 self.trust.record(step.bucket, tokens=len(outcome.tokens), predicted=1.0 + step.choice.expected,
-                                  seconds=step.draft_s + verify_s, predicted_s=1.0 / step.choice.rate
-                                  * (1.0 + step.choice.expected))
+                                  seconds=step.draft_s + verify_s, predicted_s=step.choice.seconds)
             elif not len(step.final):
                 self.trust.fade_step(step.bucket)
 
