@@ -18,6 +18,12 @@ the accepted path's nodes that were not in its draft, with the matching rows
 of the target's logits (and hidden states). So ``path`` is the full accepted
 path, ``tokens`` the emitted tokens, and ``len(path) + 1 == len(tokens)`` as
 for a drafter on its own.
+
+Extra inputs (``Draft.extra_embeds``: PPD's prompt tokens) ride along: a
+part's extras whose anchor node was placed are attached to that node in the
+merged tree (:func:`attach_extras`), and the part observes their logits in its
+own numbering. So ``ppd+ngram`` verifies the n-gram guesses and PPD's in one
+pass while PPD's prompt tokens guess the next step's tokens.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from typing import Sequence
 
 import torch
 
-from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget
 from ..tree import TokenTrie
 from .base import Draft, DraftContext, Drafter, StepOutcome
@@ -63,12 +68,58 @@ def merge_drafts(drafts: Sequence[Draft], budget: int) -> tuple[Draft, list[list
     return Draft(tokens=tuple(trie.tokens), parents=tuple(trie.parents)), maps
 
 
-def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int]) -> StepOutcome:
+def attach_extras(merged: Draft, drafts: Sequence[Draft], maps: Sequence[list[int]]) -> tuple[Draft, list[list[int]]]:
+    """Add the drafts' extra inputs to a merged tree: those whose anchor node was placed.
+
+    maps: from :func:`merge_drafts`. Returns the merged draft with the kept
+    extras (renumbered: extra j of the merged draft is node ``len(merged) + 1 + j``)
+    and, per draft, the merged index of each of its kept extras (its other
+    extras were dropped; a dropped extra drops the extras attached to it).
+
+    >>> e = torch.zeros(3, 2)
+    >>> a = Draft(tokens=(5,))
+    >>> b = Draft(tokens=(6, 7), parents=(0, 1), extra_embeds=e, extra_parents=(0, 3, 2))  # 0 <- x <- y; 7 <- z
+    >>> merged, maps = merge_drafts([a, b], budget=2)       # 7 does not fit, so z is dropped
+    >>> merged, extras = attach_extras(merged, [a, b], maps)
+    >>> merged.tokens, merged.parents, merged.extra_parents, extras
+    ((5, 6), (0, 0), (0, 3), [[], [0, 1]])
+    """
+    n = len(merged)
+    rows: list[torch.Tensor] = []
+    parents: list[int] = []
+    extras: list[list[int]] = []
+    for draft, node_of in zip(drafts, maps):
+        kept: list[int] = []
+        if draft.extra_embeds is not None and draft.extra_parents is not None:
+            k = len(draft)
+            merged_of: list[int | None] = []  # the part's extra i -> merged extra index
+            for i, parent in enumerate(draft.extra_parents):
+                if parent <= k:  # a tree node of the part
+                    anchor = node_of[parent] if parent < len(node_of) else None
+                else:  # an earlier extra of the part
+                    earlier = merged_of[parent - k - 1]
+                    anchor = None if earlier is None else n + 1 + earlier
+                if anchor is None:
+                    merged_of.append(None)
+                    continue
+                merged_of.append(len(rows))
+                kept.append(len(rows))
+                rows.append(draft.extra_embeds[i])
+                parents.append(anchor)
+        extras.append(kept)
+    if not rows:
+        return merged, extras
+    return replace(merged, extra_embeds=torch.stack(rows), extra_parents=tuple(parents)), extras
+
+
+def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int], extras: list[int] | None = None) -> StepOutcome:
     """The step as one part sees it, in its own node numbering.
 
     draft: the part's draft; node_of: merged node of its root and of each
     placed node (from :func:`merge_drafts`). The view's draft is the placed
-    prefix of the part's draft, then any accepted-path nodes it lacked.
+    prefix of the part's draft, then any accepted-path nodes it lacked, then
+    its kept extra inputs (``extras``: their merged indices, from
+    :func:`attach_extras`) with their logits.
 
     >>> merged = Draft(tokens=(5, 6, 8), parents=(0, 1, 1))
     >>> out = StepOutcome(draft=merged, path=(1, 3), tokens=(5, 8, 4), target_logits=torch.eye(4))
@@ -105,9 +156,31 @@ def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int]) -> StepOut
             return None
         return t[: len(rows)] if identity else t[torch.tensor(rows, device=t.device)]
 
-    view = Draft(tokens=tuple(tokens), parents=tuple(parents), draft_probs=probs)
+    extra_embeds = extra_parents = extra_logits = None
+    if extras and outcome.extra_logits is not None and draft.extra_parents is not None:
+        k, n = len(draft), len(tokens)
+        kept = _kept_extras(draft, node_of)
+        assert len(kept) == len(extras), "extras must come from attach_extras for this draft"
+        view_of = {own: i for i, own in enumerate(kept)}
+        extra_parents = tuple(p if p <= k else n + 1 + view_of[p - k - 1] for p in (draft.extra_parents[i] for i in kept))
+        extra_embeds = draft.extra_embeds[kept]
+        extra_logits = outcome.extra_logits[torch.tensor(extras, device=outcome.extra_logits.device)]
+    view = Draft(tokens=tuple(tokens), parents=tuple(parents), draft_probs=probs, extra_embeds=extra_embeds,
+                 extra_parents=extra_parents)
     return replace(outcome, draft=view, path=tuple(path), target_logits=gather(outcome.target_logits),
-                   target_hidden=gather(getattr(outcome, "target_hidden", None)))
+                   target_hidden=gather(getattr(outcome, "target_hidden", None)), extra_logits=extra_logits)
+
+
+def _kept_extras(draft: Draft, node_of: list[int]) -> list[int]:
+    """The part's extras that :func:`attach_extras` kept: their anchors were placed."""
+    k, kept = len(draft), []
+    alive: list[bool] = []
+    for parent in draft.extra_parents or ():
+        ok = parent < len(node_of) if parent <= k else alive[parent - k - 1]
+        alive.append(ok)
+        if ok:
+            kept.append(len(alive) - 1)
+    return kept
 
 
 class Combined(Drafter):
@@ -125,7 +198,7 @@ class Combined(Drafter):
         self.parts = list(parts)
         self.nodes = nodes if nodes is not None or budget is not None else default_nodes
         self.budget = budget if nodes is None else None
-        self._pending: list[tuple[Draft, list[int]]] | None = None
+        self._pending: list[tuple[Draft, list[int], list[int]]] | None = None
         self._used = 0
 
     @property
@@ -139,21 +212,20 @@ class Combined(Drafter):
         self._used = size
         drafts: list[Draft] = []
         placed = 0
-        for name, drafter in self.parts:
+        for _, drafter in self.parts:
             draft = drafter.propose(replace(context, nodes=max(size - placed, 0)))
-            if getattr(draft, "extra_embeds", None) is not None:
-                raise QuickdraftError(f"method {name!r} drafts extra inputs and cannot be combined with others")
             drafts.append(draft)
             placed += len(draft)  # an upper bound: shared prefixes are merged
         merged, maps = merge_drafts(drafts, size)
-        self._pending = list(zip(drafts, maps))
+        merged, extras = attach_extras(merged, drafts, maps)
+        self._pending = list(zip(drafts, maps, extras))
         return merged
 
     def observe(self, outcome: StepOutcome) -> None:
         if self._pending is None:
             return
-        for (_, drafter), (draft, node_of) in zip(self.parts, self._pending):
-            drafter.observe(part_view(outcome, draft, node_of))
+        for (_, drafter), (draft, node_of, extras) in zip(self.parts, self._pending):
+            drafter.observe(part_view(outcome, draft, node_of, extras))
         if self.budget is not None and len(outcome.draft):
             self.budget.record(self._used, outcome.path)
         self._pending = None

@@ -69,7 +69,6 @@ class ParallelPromptDrafter(Drafter):
     def reset(self) -> None:
         self._guesses: Guesses | None = None
         self._draft: Draft | None = None
-        self._attached: dict[int, int] = {}  # tree node -> index of its first prompt token among the extras
         self._size = 0
 
     def propose(self, context: DraftContext) -> Draft:
@@ -87,9 +86,7 @@ class ParallelPromptDrafter(Drafter):
         chosen = sorted(sorted(range(len(ends)), key=lambda node: -ends[node])[: self.attach])
         m, n = self.prompt_tokens, len(tokens)
         extra_parents: list[int] = []
-        self._attached = {}
         for node in chosen:
-            self._attached[node] = len(extra_parents)
             for j in range(m):  # a chain: node <- prompt 0 <- prompt 1 ...
                 extra_parents.append(node if j == 0 else n + len(extra_parents))
         draft = Draft(tokens=tokens, parents=parents, extra_embeds=self.embeds.repeat(len(chosen), 1),
@@ -101,18 +98,23 @@ class ParallelPromptDrafter(Drafter):
         self._guesses = None
         if self.budget is not None and self._size and outcome.draft is self._draft:
             self.budget.record(self._size, outcome.path)
-        if outcome.draft is not self._draft or outcome.extra_logits is None:
-            return  # not our draft (trimmed or merged elsewhere): draft nothing next step, guess afresh
-        parents = outcome.draft.parents or ()
+        draft = outcome.draft
+        if outcome.extra_logits is None or draft.extra_parents is None:
+            return  # our prompt tokens were not verified (trimmed away): draft nothing next step, guess afresh
+        # Read the attachments off the verified draft (ours, or our view of a merged one): the first
+        # prompt token of each group hangs on a tree node, the rest of the group follows it.
+        n, m = len(draft), self.prompt_tokens
+        attached = {parent: i for i, parent in enumerate(draft.extra_parents) if parent <= n}
+        parents = draft.parents or tuple(range(n))
         node, shift = (outcome.path[-1] if outcome.path else 0), 0
-        while node not in self._attached:  # borrow the deepest attached ancestor's later guesses
+        while node not in attached:  # borrow the deepest attached ancestor's later guesses
             if node == 0:
                 return
             node, shift = parents[node - 1], shift + 1
-        if shift >= self.prompt_tokens:
+        if shift >= m:
             return
-        first = self._attached[node]
-        logits = outcome.extra_logits[first + shift: first + self.prompt_tokens]  # [m - shift, V]
+        first = attached[node]
+        logits = outcome.extra_logits[first + shift: first + m]  # [m - shift, V]
         self._guesses = Guesses.from_logits(logits, self.topk)
 
 

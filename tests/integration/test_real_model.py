@@ -7,7 +7,7 @@ from quickdraft import methods
 pytestmark = pytest.mark.real
 
 # Combined methods are not listed by methods() (any a+b is one); cover one here.
-COMBINED = ["pld+recycle"]
+COMBINED = ["pld+recycle", "ppd+ngram"]
 
 NEW_TOKENS = 48
 

@@ -11,13 +11,20 @@ from quickdraft.sampling import SamplingParams
 from tests.drafters_for_tests import OracleDrafter, OracleTreeDrafter, RandomDrafter
 
 GREEDY = SamplingParams()
-# Combined methods are not listed by methods() (any a+b is one); cover one here.
-COMBINED = ["pld+recycle"]
+# Combined methods are not listed by methods() (any a+b is one); cover some here, ppd's prompt tokens
+# riding in a merged tree first and last.
+COMBINED = ["pld+recycle", "ppd+ngram", "recycle+ppd"]
 PROMPTS = [
     "the quick brown fox jumps over the lazy dog. the quick brown fox",
     "abcabcabcabc",
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod",
 ]
+
+
+def options_for(options: dict, method: str) -> dict | None:
+    """The options of a method, or the union of its parts' for a combined one."""
+    merged = {k: v for part in method.split("+") for k, v in (options.get(part) or {}).items()}
+    return merged or None
 
 
 def run(target, prompt_ids, drafter, max_new_tokens=48):
@@ -39,7 +46,7 @@ def prompts(tiny_engine):
 def test_every_registered_method_equals_plain_greedy(tiny_engine, tiny_method_options, prompts, method):
     for ids in prompts:
         expected = plain(tiny_engine, ids)
-        got, stats = run(tiny_engine.target, ids, tiny_engine.drafter(method, tiny_method_options.get(method)))
+        got, stats = run(tiny_engine.target, ids, tiny_engine.drafter(method, options_for(tiny_method_options, method)))
         assert got == expected
         assert stats.new_tokens == len(expected) and stats.steps <= len(expected)
 

@@ -92,14 +92,41 @@ def test_combined_drafter_merges_hints_and_reports_back():
     assert a.resets == b.resets == 1
 
 
-def test_parts_with_extra_inputs_cannot_be_combined():
-    class Extra(Drafter):
-        def propose(self, context):
-            return Draft(tokens=(1,), extra_embeds=torch.zeros(1, 4), extra_parents=(0,))
+class Extra(Drafter):
+    """Drafts 1 -> 2 with two extra inputs chained under node 2, then remembers what it saw."""
 
-    combined = Combined([("pld", Fixed(Draft())), ("extra", Extra())], nodes=4)
-    with pytest.raises(QuickdraftError, match="extra"):
-        combined.propose(DraftContext(tokens=np.array([0]), prompt_len=1, budget=4))
+    def __init__(self):
+        self.seen = []
+
+    def propose(self, context):
+        return Draft(tokens=(1, 2), extra_embeds=torch.arange(8.0).view(2, 4), extra_parents=(2, 3))
+
+    def observe(self, outcome):
+        self.seen.append(outcome)
+
+
+def test_extra_inputs_ride_along_in_a_combination():
+    extra = Extra()
+    combined = Combined([("pld", Fixed(Draft(tokens=(5, 6)))), ("extra", extra)], nodes=8)
+    draft = combined.propose(DraftContext(tokens=np.array([0]), prompt_len=1, budget=8))
+    # merged: 5 (1), 6 (2), 1 (3), 2 (4); the extras hang on node 4 ("2"), then on the first extra (node 5)
+    assert draft.tokens == (5, 6, 1, 2) and draft.parents == (0, 1, 0, 3)
+    assert draft.extra_parents == (4, 5) and torch.equal(draft.extra_embeds, torch.arange(8.0).view(2, 4))
+    extra_logits = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    combined.observe(StepOutcome(draft=draft, path=(1, 2), tokens=(5, 6, 9), target_logits=coded_logits(4),
+                                 extra_logits=extra_logits))
+    view = extra.seen[0]  # its own numbering: 1 (1), 2 (2), then the accepted 5 (3), 6 (4); extras nodes 5, 6
+    assert view.draft.tokens == (1, 2, 5, 6) and view.draft.parents == (0, 1, 0, 3) and view.path == (3, 4)
+    assert view.draft.extra_parents == (2, 5) and torch.equal(view.extra_logits, extra_logits)
+
+
+def test_extras_of_an_unplaced_node_are_dropped():
+    extra = Extra()
+    combined = Combined([("pld", Fixed(Draft(tokens=(5, 6, 7)))), ("extra", extra)], nodes=4)
+    draft = combined.propose(DraftContext(tokens=np.array([0]), prompt_len=1, budget=8))
+    assert draft.tokens == (5, 6, 7, 1) and draft.extra_embeds is None and draft.extra_parents is None
+    combined.observe(StepOutcome(draft=draft, path=(), tokens=(3,), target_logits=coded_logits(4)))
+    assert extra.seen[0].extra_logits is None and extra.seen[0].draft.extra_parents is None
 
 
 def test_registry_parses_combined_names():
