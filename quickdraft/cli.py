@@ -168,9 +168,14 @@ def profile(model, dtype, threads, refresh) -> None:
     prof = load_or_measure(engine.target, refresh=refresh)
     click.echo(f"{prof.key.model} ({prof.key.dtype}, {prof.key.threads} threads) on {prof.key.machine}"
                + ("" if prof.quiet else "  [measured while the machine was busy]"))
-    click.echo("draft nodes   ms/pass   x plain")
-    for nodes, seconds in zip(prof.nodes, prof.seconds):
-        click.echo(f"{nodes:>11} {seconds * 1000:>9.1f} {seconds / prof.seconds[0]:>9.2f}")
+    long = prof.long_seconds
+    click.echo(f"after {prof.context} cached tokens" + (f", and after {prof.long_context}" if long else ""))
+    click.echo("draft nodes   ms/pass   x plain" + ("   ms/pass   x plain" if long else ""))
+    for i, (nodes, seconds) in enumerate(zip(prof.nodes, prof.seconds)):
+        line = f"{nodes:>11} {seconds * 1000:>9.1f} {seconds / prof.seconds[0]:>9.2f}"
+        if long:
+            line += f" {long[i] * 1000:>9.1f} {long[i] / long[0]:>9.2f}"
+        click.echo(line)
     click.echo(f"node budget before acceptance statistics: {node_budget(engine.target)}")
 
 

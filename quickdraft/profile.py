@@ -18,9 +18,18 @@ module
 Counting: ``nodes`` is the number of draft nodes; a verify pass feeds
 ``nodes + 1`` tokens (the root too). ``latency(0)`` is a plain decoding step.
 
+Context: a pass's attention reads every cached token, so a tree costs more
+after a long prompt (bfloat16 here: 32 nodes cost 1.6 plain steps after 128
+tokens, 1.9 after 600). The profile is measured at two context lengths and
+``latency(n, context)`` is linear in the context between and beyond them.
+
 >>> profile = LatencyProfile(key=None, nodes=(0, 8, 64), seconds=(0.020, 0.022, 0.050))
 >>> round(profile.latency(4), 4), round(profile.latency(128), 4)
 (0.021, 0.082)
+>>> longer = LatencyProfile(key=None, nodes=(0, 8), seconds=(0.020, 0.022), context=128,
+...                         long_context=1128, long_seconds=(0.030, 0.042))
+>>> round(longer.latency(8, context=628), 4), round(longer.latency(8), 4)
+(0.032, 0.022)
 >>> choose_node_budget(profile.latency, [0.0, 0.6, 0.9, 1.1, 1.3, 1.4, 1.5, 1.55, 1.6], candidates=(1, 2, 4, 8))
 8
 """
@@ -47,7 +56,8 @@ log = logging.getLogger(__name__)
 
 PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # node budgets to choose among
-PROFILE_VERSION = 2  # 2: the quiet flag
+PROFILE_VERSION = 3  # 2: the quiet flag; 3: a second, longer context
+PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
 
 
 # ------------------------------------------------------------------ the profile
@@ -75,17 +85,26 @@ class LatencyProfile:
     """Seconds of one verify pass per draft size: ``seconds[i]`` for ``nodes[i]`` draft nodes.
 
     nodes: increasing draft sizes (0 = the root alone, a plain decoding step).
+    context: cached tokens before the timed passes. long_seconds: the same
+    sizes timed after ``long_context`` cached tokens (None: not measured, the
+    context is then ignored).
     """
 
     key: ProfileKey | None
     nodes: tuple[int, ...]
     seconds: tuple[float, ...]
     quiet: bool = True  # measured on an otherwise idle machine (else re-measured when it is)
+    context: int = PROFILE_CONTEXTS[0]
+    long_context: int | None = None
+    long_seconds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         assert len(self.nodes) == len(self.seconds) >= 2, "need at least two measured sizes"
         assert all(a < b for a, b in zip(self.nodes, self.nodes[1:])), "nodes must increase"
         assert all(s > 0 for s in self.seconds), "latencies must be positive"
+        if self.long_seconds is not None:
+            assert self.long_context is not None and self.long_context > self.context, "long_context > context"
+            assert len(self.long_seconds) == len(self.seconds), "one long-context time per size"
 
     @cached_property
     def fitted(self) -> tuple[float, ...]:
@@ -106,27 +125,54 @@ class LatencyProfile:
                 blocks[-1][1] += count
         return tuple(total / count for total, count in blocks for _ in range(int(count)))
 
-    def latency(self, nodes: int) -> float:
-        """Seconds for a draft of ``nodes`` nodes: piecewise linear through :attr:`fitted`, extrapolated."""
-        xs, ys = self.nodes, self.fitted
+    @cached_property
+    def per_token(self) -> tuple[float, ...]:
+        """Extra seconds per cached token for each size (never negative, never falling with the size)."""
+        if self.long_seconds is None:
+            return tuple(0.0 for _ in self.nodes)
+        long = LatencyProfile(key=None, nodes=self.nodes, seconds=self.long_seconds).fitted
+        span = self.long_context - self.context
+        slopes = [max((b - a) / span, 0.0) for a, b in zip(self.fitted, long)]
+        return tuple(max(slopes[: i + 1]) for i in range(len(slopes)))
+
+    def latency(self, nodes: int, context: int | None = None) -> float:
+        """Seconds for a draft of ``nodes`` nodes after ``context`` cached tokens (None: the profile's own).
+
+        Piecewise linear in ``nodes`` through :attr:`fitted`, extrapolated;
+        linear in the context (:attr:`per_token`), never below half the
+        short-context time.
+        """
+        value = self._interp(self.fitted, nodes)
+        if context is None or self.long_seconds is None:
+            return value
+        return max(value + self._interp(self.per_token, nodes) * (context - self.context), 0.5 * value)
+
+    def _interp(self, ys: Sequence[float], nodes: int) -> float:
+        xs = self.nodes
         i = 1
         while i < len(xs) - 1 and xs[i] < nodes:
             i += 1
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         value = y0 + (y1 - y0) * (nodes - x0) / (x1 - x0)
-        return max(value, min(ys))  # never below the fastest measurement
+        return max(value, min(ys))  # never below the smallest value
 
     def to_json(self) -> dict:
         return {"version": PROFILE_VERSION, "key": asdict(self.key) if self.key else None,
-                "nodes": list(self.nodes), "seconds": list(self.seconds), "quiet": self.quiet}
+                "nodes": list(self.nodes), "seconds": list(self.seconds), "quiet": self.quiet,
+                "context": self.context, "long_context": self.long_context,
+                "long_seconds": None if self.long_seconds is None else list(self.long_seconds)}
 
     @classmethod
     def from_json(cls, data: dict) -> LatencyProfile:
         if data.get("version") != PROFILE_VERSION:
             raise ValueError(f"profile version {data.get('version')!r}, expected {PROFILE_VERSION}")
         key = ProfileKey(**data["key"]) if data.get("key") else None
+        long = data.get("long_seconds")
         return cls(key=key, nodes=tuple(int(n) for n in data["nodes"]),
-                   seconds=tuple(float(s) for s in data["seconds"]), quiet=bool(data.get("quiet", True)))
+                   seconds=tuple(float(s) for s in data["seconds"]), quiet=bool(data.get("quiet", True)),
+                   context=int(data.get("context", PROFILE_CONTEXTS[0])),
+                   long_context=None if data.get("long_context") is None else int(data["long_context"]),
+                   long_seconds=None if long is None else tuple(float(s) for s in long))
 
 
 def machine_name(device: torch.device | str = "cpu") -> str:
@@ -158,22 +204,36 @@ def profile_key(target) -> ProfileKey:
     )
 
 
-def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, context: int = 128,
-                    budget_s: float = 2.0, max_rounds: int = 5) -> LatencyProfile:
-    """Time verify passes of tree drafts of each size on this machine.
+def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, contexts: Sequence[int] = PROFILE_CONTEXTS,
+                    budget_s: float = 3.0, max_rounds: int = 5) -> LatencyProfile:
+    """Time verify passes of tree drafts of each size on this machine, after a short and a long context.
 
-    A ``context``-token prefix is prefilled once; then rounds of one forward
-    per size (interleaved, so a busy spell hits every size alike) run until
-    ``budget_s`` is spent (at least one round). Each size keeps its fastest
-    time: the machine's cost, not the noise of other processes. Drafts are
-    binary trees, so the tree attention path is what is timed. The profile is
-    marked not ``quiet`` when other processes kept the CPU busy.
+    For each context length (at most two; one when the model's context is too
+    short for the second), a prefix of that many tokens is prefilled once;
+    then rounds of one forward per size (interleaved, so a busy spell hits
+    every size alike) run until the context's share of ``budget_s`` is spent
+    (at least one round). Each size keeps its fastest time: the machine's
+    cost, not the noise of other processes. Drafts are binary trees, so the
+    tree attention path is what is timed. The profile is marked not
+    ``quiet`` when other processes kept the CPU busy.
     """
     quiet = machine_is_quiet(target.device)
     cuda = torch.device(target.device).type == "cuda"
     nodes = sorted({int(n) for n in nodes if 0 <= n < target.max_context - 2})
-    context = max(1, min(context, target.max_context - max(nodes) - 2))
+    room = target.max_context - max(nodes) - 2
+    lengths = sorted({max(1, min(int(c), room)) for c in contexts})[:2]
     vocab = int(target.vocab_size)
+    timed = [_time_sizes(target, nodes, length, budget_s / len(lengths), max_rounds, cuda, vocab)
+             for length in lengths]
+    return LatencyProfile(key=profile_key(target), nodes=tuple(nodes), seconds=timed[0],
+                          quiet=quiet and machine_is_quiet(target.device), context=lengths[0],
+                          long_context=lengths[1] if len(lengths) > 1 else None,
+                          long_seconds=timed[1] if len(lengths) > 1 else None)
+
+
+def _time_sizes(target, nodes: list[int], context: int, budget_s: float, max_rounds: int, cuda: bool,
+                vocab: int) -> tuple[float, ...]:
+    """The fastest seconds of a verify pass of each size after ``context`` cached tokens."""
     prefix = [(7 + 13 * i) % vocab for i in range(context)]
     cache = target.new_cache()
     target.forward(prefix, cache)
@@ -199,8 +259,7 @@ def measure_latency(target, nodes: Sequence[int] = PROFILE_NODES, *, context: in
             best[n] = min(best[n], one_pass(n))
         if time.perf_counter() >= deadline:
             break
-    return LatencyProfile(key=profile_key(target), nodes=tuple(nodes), seconds=tuple(best[n] for n in nodes),
-                          quiet=quiet and machine_is_quiet(target.device))
+    return tuple(best[n] for n in nodes)
 
 
 def machine_is_quiet(device: torch.device | str = "cpu") -> bool:
@@ -329,9 +388,13 @@ class AdaptiveNodeBudget:
     ...     budget.record(budget.next_budget(), path=(1, 2, 3))   # the first 3 nodes always accepted
     >>> budget.choice()
     4
+
+    latency(n) gives the seconds of an n-node pass; called as latency(n, context)
+    when the drafter passes the context length (cached tokens) to
+    :meth:`next_budget` (a profile's :meth:`LatencyProfile.latency` takes both).
     """
 
-    def __init__(self, latency: Callable[[int], float], *, candidates: Sequence[int] = CANDIDATES,
+    def __init__(self, latency: Callable[..., float], *, candidates: Sequence[int] = CANDIDATES,
                  prior: Callable[[int], float] = prior_expected_accepted, prior_weight: float = 4.0,
                  min_rate: float = 0.02, probe_every: int = 8) -> None:
         self.latency = latency
@@ -343,13 +406,14 @@ class AdaptiveNodeBudget:
         self.probe_every = probe_every
         self.steps = 0
 
-    def choice(self) -> int:
-        """The best candidate on current estimates."""
-        return choose_node_budget(self.latency, self.expected, self.candidates)
+    def choice(self, context: int | None = None) -> int:
+        """The best candidate on current estimates (after ``context`` cached tokens, if given)."""
+        latency = self.latency if context is None else (lambda n: self.latency(n, context))
+        return choose_node_budget(latency, self.expected, self.candidates)
 
-    def next_budget(self) -> int:
+    def next_budget(self, context: int | None = None) -> int:
         """The budget for the next draft: the choice, or one size up on a probe step."""
-        best = self.choice()
+        best = self.choice(context)
         if self.probe_every and self.steps % self.probe_every == self.probe_every - 1:
             larger = [c for c in self.candidates if c > best]
             return larger[0] if larger else best

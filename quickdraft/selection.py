@@ -306,6 +306,12 @@ class LatencyModel:
     from another process moves it a little, not a lot. Latency never
     decreases with n.
 
+    contextual: the prior takes the context length too, ``prior(n, context)``
+    (a :class:`~quickdraft.profile.LatencyProfile`'s latency): :meth:`table`
+    and :meth:`record` then take the context (cached tokens), the prior is
+    re-read whenever it moved by ``context_step`` tokens, and the learned
+    corrections stay relative to it.
+
     >>> model = LatencyModel(lambda n: 0.02 * (1 + n / 32), max_nodes=8)
     >>> round(float(model.table()[8] / model.table()[0]), 3)
     1.25
@@ -314,12 +320,14 @@ class LatencyModel:
     (0.04, True)
     """
 
-    def __init__(self, prior: Callable[[int], float], *, max_nodes: int, rate: float = 0.1, warmup: int = 8,
-                 anchor_weight: float = 4.0, clip: float = 3.0) -> None:
+    def __init__(self, prior: Callable[..., float], *, max_nodes: int, rate: float = 0.1, warmup: int = 8,
+                 anchor_weight: float = 4.0, clip: float = 3.0, contextual: bool = False,
+                 context_step: int = 64) -> None:
         self.max_nodes = max_nodes
         sizes = np.arange(max_nodes + 1)
-        self._prior = np.array([prior(int(n)) for n in sizes], dtype=np.float64)  # [N + 1]
-        assert (self._prior > 0).all(), "latencies must be positive"
+        self._prior_fn, self.contextual, self.context_step = prior, contextual, context_step
+        self._context: int | None = None  # the context the prior was read at (contextual only)
+        self._prior = self._read_prior(None)  # [N + 1]
         self._x = np.log2(sizes + 1.0)  # [N + 1]
         self._anchors = np.log2(np.array(ANCHORS, dtype=np.float64) + 1.0)  # [A]
         self.rate, self.warmup, self.anchor_weight, self.clip = rate, warmup, anchor_weight, math.log(clip)
@@ -329,10 +337,30 @@ class LatencyModel:
         self._table: np.ndarray | None = None
         self._stale = 0
 
-    def record(self, nodes: int, seconds: float) -> None:
-        """One verify pass of ``nodes`` draft nodes took ``seconds``."""
+    def _read_prior(self, context: int | None) -> np.ndarray:
+        sizes = range(self.max_nodes + 1)
+        if self.contextual and context is not None:
+            prior = np.array([self._prior_fn(n, context) for n in sizes], dtype=np.float64)
+        else:
+            prior = np.array([self._prior_fn(n) for n in sizes], dtype=np.float64)
+        assert (prior > 0).all(), "latencies must be positive"
+        return prior
+
+    def _at(self, context: int | None) -> None:
+        """Re-read the prior when the context moved by a step (contextual models only)."""
+        if not self.contextual or context is None:
+            return
+        snapped = int(context) // self.context_step * self.context_step + self.context_step // 2
+        if snapped != self._context:
+            self._context = snapped
+            self._prior = self._read_prior(snapped)
+            self._table = None
+
+    def record(self, nodes: int, seconds: float, context: int | None = None) -> None:
+        """One verify pass of ``nodes`` draft nodes took ``seconds`` (after ``context`` cached tokens)."""
         if seconds <= 0 or not 0 <= nodes <= self.max_nodes:
             return
+        self._at(context)
         residual = math.log(seconds / self._prior[nodes])
         for k in (self._nearest[nodes], len(ANCHORS)):
             self._count[k] += 1
@@ -345,8 +373,9 @@ class LatencyModel:
         if self._stale >= 8 or self._count[-1] <= self.warmup:  # the table moves slowly: refresh it now and then
             self._table = None
 
-    def table(self) -> np.ndarray:
+    def table(self, context: int | None = None) -> np.ndarray:
         """[max_nodes + 1] seconds for 0..max_nodes draft nodes (recomputed every few records)."""
+        self._at(context)
         if self._table is None:
             count, corr = self._count[:-1], self._corr[:-1]
             w = count / (count + self.anchor_weight)

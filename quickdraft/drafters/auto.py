@@ -319,7 +319,7 @@ class Auto(Drafter):
                     src.drafter.reset()
         self._step_no += 1
         cap = self.max_nodes if context.nodes is None else min(self.max_nodes, context.nodes)
-        latency = self.latency.table()
+        latency = self.latency.table(len(context.tokens))
         drafting = cap > 0 and context.budget > 0
         bucket = self._bucket_of(context.tokens, len(context.tokens)) if drafting else 0
 
@@ -459,7 +459,7 @@ class Auto(Drafter):
             self._account(step, outcome)
             # what this step cost beyond drafting: the pass, acceptance, and the sources' learning
             verify_s = self._clock() - step.sent - priming
-            self.latency.record(len(outcome.draft), verify_s)
+            self.latency.record(len(outcome.draft), verify_s, context=len(self._tokens) - len(outcome.tokens))
             if step.choice is not None and len(step.final):
                 self.trust.record(step.bucket, tokens=len(outcome.tokens), predicted=1.0 + step.choice.expected,
                                   seconds=step.draft_s + verify_s, predicted_s=step.choice.seconds)
@@ -482,7 +482,7 @@ class Auto(Drafter):
         """Whether a priming source will be asked at the next step (so it should observe this one)."""
         cached = self._bucket_cache[0] == len(self._tokens)
         bucket = self._bucket_of(None if cached else np.asarray(self._tokens, dtype=np.int64), len(self._tokens))
-        return self._worth_asking(src, bucket, self.latency.table()[0], self._step_no + 1)
+        return self._worth_asking(src, bucket, self.latency.table(len(self._tokens))[0], self._step_no + 1)
 
     def _bucket_of(self, tokens: np.ndarray | None, length: int) -> int:
         """The signal bucket of a context of ``length`` tokens (cached: a priming source asks for it early)."""
@@ -554,27 +554,28 @@ def source_names(options: dict[str, Any]) -> tuple[list[str], bool]:
     return names, True
 
 
-def latency_prior(target):
-    """Verify seconds per draft size: the machine profile (measured once) when it looks sound.
+def latency_prior(target) -> tuple[Callable[..., float], bool]:
+    """Verify seconds per draft size, and whether they take the context length too.
 
-    A profile that looks like noise (a busy machine while it was measured) is
-    measured again, once; if it still does, a cautious generic shape stands
-    in, scaled to its fastest pass: n nodes cost ``1 + log2(1 + n) / 4``
-    plain steps (float32 on a CPU; bfloat16 there is cheaper), which the step
-    times seen then correct.
+    The machine profile (measured once; ``latency(n, context)``) when it looks
+    sound. A profile that looks like noise (a busy machine while it was
+    measured) is measured again, once; if it still does, a cautious generic
+    shape stands in, scaled to its fastest pass: n nodes cost
+    ``1 + log2(1 + n) / 4`` plain steps (float32 on a CPU; bfloat16 there is
+    cheaper), which the step times seen then correct.
     """
     if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
-        return lambda n: 0.02 * (1 + math.log2(1 + n) / 4)
+        return (lambda n: 0.02 * (1 + math.log2(1 + n) / 4)), False
     from ..profile import load_or_measure
 
     profile = load_or_measure(target)
     if not (profile.quiet and plausible(profile.latency)):
         profile = load_or_measure(target, refresh=True)
     if profile.quiet and plausible(profile.latency):
-        return profile.latency
+        return profile.latency, True
     log.info("auto: the latency profile looks noisy (busy machine); starting from a cautious generic one")
     base = min(profile.seconds)
-    return lambda n: base * (1 + math.log2(1 + n) / 4)
+    return (lambda n: base * (1 + math.log2(1 + n) / 4)), False
 
 
 @register("auto", lossless=True,
@@ -593,7 +594,8 @@ def build(ctx: BuildContext) -> Drafter:
         except QuickdraftError:
             if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
                 raise
-    latency = LatencyModel(latency_prior(ctx.target), max_nodes=max_nodes)
+    prior, contextual = latency_prior(ctx.target)
+    latency = LatencyModel(prior, max_nodes=max_nodes, contextual=contextual)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),
                 probe_share=float(options.get("probe_share", 0.02)))
 

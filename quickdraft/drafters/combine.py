@@ -206,7 +206,7 @@ class Combined(Drafter):
         return any(getattr(drafter, "wants_hidden", False) for _, drafter in self.parts)
 
     def propose(self, context: DraftContext) -> Draft:
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
             size = min(size, context.nodes)
         self._used = size

@@ -130,7 +130,7 @@ class MedusaHeads(Drafter):
         if self._guesses is None or context.budget <= 0:
             self._size = 0
             return EMPTY_DRAFT
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         self._size = size if context.nodes is None else min(size, context.nodes)
         tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
         return Draft(tokens=tree.tokens, parents=tree.parents)

@@ -282,7 +282,7 @@ class ModelDrafter(Drafter):
               committed: int) -> tuple[Draft, list[float], list[int]]:
         """An EAGLE-2 style dynamic tree; see the module docstring."""
         shape = self.tree
-        max_nodes = shape.nodes if self.node_budget is None else self.node_budget.next_budget()
+        max_nodes = shape.nodes if self.node_budget is None else self.node_budget.next_budget(committed)
         self._nodes_used = max_nodes
         max_depth = min(shape.depth, limit)
         tokens: list[int] = []

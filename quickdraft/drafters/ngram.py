@@ -233,7 +233,7 @@ class NgramDrafter(Drafter):
         self._history = tuple(int(t) for t in tokens[-2:])
         if not self._history:
             return Draft()
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
             size = min(size, context.nodes)
         self._used = size

@@ -78,7 +78,7 @@ class PromptLookupTree(Drafter):
         self._used = 0
 
     def propose(self, context: DraftContext) -> Draft:
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
             size = min(size, context.nodes)
         self._used = size

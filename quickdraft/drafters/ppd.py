@@ -78,7 +78,7 @@ class ParallelPromptDrafter(Drafter):
             return EMPTY_DRAFT
         tree = None
         if self._guesses is not None:
-            size = self.nodes if self.budget is None else self.budget.next_budget()
+            size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
             self._size = size if context.nodes is None else min(size, context.nodes)
             tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
         tokens, parents = (tree.tokens, tree.parents) if tree else ((), ())
@@ -131,7 +131,8 @@ def _pass_budget(target, extras: int) -> AdaptiveNodeBudget | None:
     if adaptive_node_budget(target) is None:  # not a profilable target (measures the profile once otherwise)
         return None
     profile = load_or_measure(target)
-    return AdaptiveNodeBudget(lambda nodes: profile.latency(nodes + extras), candidates=CANDIDATES)
+    return AdaptiveNodeBudget(lambda nodes, context=None: profile.latency(nodes + extras, context),
+                              candidates=CANDIDATES)
 
 
 def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:

@@ -195,7 +195,7 @@ class TokenRecycling(Drafter):
         return out
 
     def propose(self, context: DraftContext) -> Draft:
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
             size = min(size, context.nodes)
         size = min(size, len(self.template[0]))

@@ -86,7 +86,7 @@ class RestDrafter(Drafter):
         self._used = 0  # the node budget of the pending draft
 
     def propose(self, context: DraftContext) -> Draft:
-        size = self.nodes if self.budget is None else self.budget.next_budget()
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
             size = min(size, context.nodes)
         self._used = size

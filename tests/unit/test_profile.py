@@ -114,6 +114,27 @@ def test_profile_cache_is_read_back_and_keyed(tiny_engine, tmp_path):
 def test_measure_latency_times_every_size(tiny_engine):
     p = measure_latency(tiny_engine.target, nodes=(0, 3, 9), budget_s=0.0)
     assert p.nodes == (0, 3, 9) and all(s > 0 and math.isfinite(s) for s in p.seconds)
+    room = tiny_engine.target.max_context - 9 - 2  # the long context fits the model's window with the largest tree
+    assert p.context == 128 and p.long_context == min(1024, room) and all(s > 0 for s in p.long_seconds)
+
+
+def test_latency_grows_linearly_with_the_context():
+    p = LatencyProfile(key=None, nodes=(0, 8, 16), seconds=(1.0, 2.0, 3.0), context=100, long_context=200,
+                       long_seconds=(2.0, 4.0, 3.5))  # a noisy dip at 16 nodes is smoothed out
+    assert p.per_token == pytest.approx((0.01, 0.0175, 0.0175))  # slopes never fall with the size
+    assert p.latency(8) == p.latency(8, context=100) == 2.0
+    assert p.latency(8, context=300) == pytest.approx(5.5) and p.latency(4, context=150) == pytest.approx(2.1875)
+    assert p.latency(16, context=0) == 1.5  # never below half the measured time
+    assert LatencyProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
+    flat = LatencyProfile(key=None, nodes=(0, 8), seconds=(1.0, 2.0))  # one context measured: it does not matter
+    assert flat.latency(8, context=5000) == 2.0
+
+
+def test_adaptive_budget_shrinks_trees_after_long_contexts():
+    p = LatencyProfile(key=None, nodes=(0, 4, 8, 16, 32, 64), seconds=(0.021, 0.022, 0.023, 0.027, 0.035, 0.050),
+                       context=128, long_context=1024, long_seconds=(0.030, 0.032, 0.036, 0.048, 0.075, 0.130))
+    budget = AdaptiveNodeBudget(p.latency)
+    assert budget.choice(context=4000) < budget.choice(context=128) == budget.choice()
 
 
 def test_profile_command_measures_once_and_prints_the_table(tiny_dir, tmp_path, monkeypatch):
@@ -126,8 +147,9 @@ def test_profile_command_measures_once_and_prints_the_table(tiny_dir, tmp_path, 
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     lines = out.stdout.splitlines()
-    header = lines.index("draft nodes   ms/pass   x plain")
-    assert lines[header - 1].startswith(tiny_dir.name + " (float32, ")
+    header = next(i for i, line in enumerate(lines) if line.startswith("draft nodes   ms/pass   x plain"))
+    assert lines[header - 2].startswith(tiny_dir.name + " (float32, ")
+    assert lines[header - 1].startswith("after 128 cached tokens, and after ")
     assert [line.split()[0] for line in lines[header + 1: header + 9]] == ["0", "1", "2", "4", "8", "16", "32", "64"]
     assert lines[-1].startswith("node budget before acceptance statistics: ")
     saved = list((tmp_path / "profiles").glob("*.json"))

@@ -204,6 +204,16 @@ def test_latency_model_follows_a_slower_machine():
     assert model.table()[8] > model.table()[0]  # unseen sizes follow the global correction
 
 
+def test_contextual_latency_model_reads_the_prior_at_the_context():
+    prior = lambda n, context=None: 0.01 * (1 + n / 16) * (1 + (context or 0) / 1000)  # noqa: E731
+    model = LatencyModel(prior, max_nodes=16, contextual=True)
+    short, long = model.table(context=100).copy(), model.table(context=2000).copy()
+    assert long[16] / long[0] == pytest.approx(short[16] / short[0]) and long[0] > 2.5 * short[0]
+    for _ in range(100):  # the machine is twice as slow as profiled, seen after long contexts
+        model.record(0, 2 * prior(0, 2000), context=2000)
+    assert model.table(context=100)[0] == pytest.approx(2 * prior(0, 100), rel=0.1)  # the correction carries over
+
+
 def test_plausible_rejects_noise():
     assert plausible(lambda n: 0.021 + 0.0004 * n)
     assert not plausible(lambda n: 0.02 if n != 4 else 0.005)  # faster with more nodes
