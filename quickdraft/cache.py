@@ -55,3 +55,12 @@ class KVCache:
             layer.keys = torch.cat([keys[:, :, :start], kept_k], dim=2)
             layer.values = torch.cat([values[:, :, :start], kept_v], dim=2)
         assert len(self) == start + len(offsets)
+
+    def reorder(self, start: int, rows: list[int]) -> None:
+        """Put entry ``start + rows[i]`` at ``start + i`` for each i (a permutation of a block)."""
+        index = torch.tensor([start + r for r in rows], dtype=torch.long)
+        end = start + len(rows)
+        for layer in self.inner.layers:
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)  # [B, H, T, D]
+                tensor[:, :, start:end] = tensor.index_select(2, index.to(tensor.device))

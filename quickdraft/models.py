@@ -31,7 +31,7 @@ import torch
 
 from .cache import KVCache
 from .errors import QuickdraftError
-from .tree import ancestor_mask, depths
+from .tree import ancestor_mask, depths, first_child_order
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,20 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def attention_for(device: str, dtype: torch.dtype) -> str:
+    """The transformers attention implementation to load a model with.
+
+    bfloat16/float16 on CPU: :func:`quickdraft.attention.grouped_attention`,
+    whose rows do not depend on the rest of the pass (torch's SDPA kernels on
+    CPU do not give that), so with :attr:`TargetModel.pad_single` a token
+    verified inside a draft chain gets the logits it gets in plain decoding,
+    bit for bit. Elsewhere ``sdpa``.
+    """
+    from . import attention
+
+    return attention.NAME if torch.device(device).type == "cpu" and dtype != torch.float32 else "sdpa"
+
+
 def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> TargetModel:
     """Load a model spec into a :class:`TargetModel`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -240,7 +254,8 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True
+            where, dtype=torch_dtype, trust_remote_code=False, use_safetensors=True,
+            attn_implementation=attention_for(device, torch_dtype),
         )
     except Exception as exc:  # transformers raises many types for a bad model directory
         raise QuickdraftError(f"could not load model from {where}: {type(exc).__name__}: {exc}") from exc
@@ -293,6 +308,21 @@ class TargetModel:
         self.eos_ids = _eos_ids(model, tokenizer)
 
     @property
+    def pad_single(self) -> bool:
+        """Whether a one-token pass is fed a second, ignored row.
+
+        In bfloat16 on CPU a one-row matrix product takes other kernels than a
+        product of several rows, and they round differently; so plain decoding
+        (one row per pass) and the verification of a draft (several rows)
+        would drift apart at near-ties. With two rows at least, every row of
+        every pass goes through the same kernels (measured: a row's result then
+        does not depend on how many rows its pass has), and a second row costs
+        about nothing here. float32 is left as it is (its rounding never
+        flipped a token in our suites).
+        """
+        return self.device.type == "cpu" and self.dtype != torch.float32
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
 
@@ -329,6 +359,22 @@ class TargetModel:
         start = len(cache)
         n = len(tokens)
         m = 0 if extra_embeds is None else int(extra_embeds.shape[0])
+        # Lay a tree out depth-first (first children first): its most likely path then sits in
+        # consecutive positions as in plain decoding, so (with pad_single) its rows are computed
+        # exactly as plain decoding computes them. Rows and cache entries are put back in node order.
+        order = None
+        if parents is not None and self.pad_single:
+            order = first_child_order(parents)
+            if order == list(range(n)):
+                order = None
+            else:
+                pos = [0] * n
+                for i, node in enumerate(order):
+                    pos[node] = i
+                tokens = [tokens[node] for node in order]
+                parents = tuple(pos[parents[node - 1]] for node in order[1:])
+                if m:
+                    extra_parents = tuple(pos[p] if p < n else p for p in extra_parents)
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n]
         kwargs: dict = {"input_ids": ids}
         if m:
@@ -338,15 +384,11 @@ class TargetModel:
             embedded = self.model.get_input_embeddings()(ids)  # [1, n, H]
             kwargs = {"inputs_embeds": torch.cat([embedded, extra_embeds.to(embedded.dtype)[None]], dim=1)}
         total = n + m
-        if total == 1 and start > 0 and self.device.type == "cpu" and self.dtype != torch.float32:
-            # One new token after a cache: on CPU in bfloat16, torch's SDPA without a mask takes a kernel
-            # whose cost grows steeply with the cache (SmolLM2-135M, 2 threads: 41 ms per pass at 1024
-            # cached tokens), while with an explicit mask the pass stays near the cost of the weights
-            # (23-27 ms). Nothing is masked. (float32: no difference measured, so left as it is.)
-            mask = torch.zeros(1, 1, 1, start + 1, dtype=self.dtype, device=self.device)
-            kwargs.update(position_ids=torch.tensor([[start]], device=self.device), attention_mask=mask,
-                          cache_position=torch.tensor([start], device=self.device))
-        elif parents is not None and any(p != i for i, p in enumerate(parents)):
+        pad = total == 1 and self.pad_single
+        if pad:  # a second, ignored row (see pad_single); dropped from the cache below
+            kwargs = {"input_ids": torch.tensor([[tokens[0], tokens[0]]], dtype=torch.long, device=self.device)}
+            parents, total = (0,), 2
+        if pad or (parents is not None and any(p != i for i, p in enumerate(parents))):
             assert len(parents) == total - 1, f"a tree of {total} nodes needs {total - 1} parents"
             positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n + m]
             allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [n + m, start + n + m]
@@ -356,11 +398,20 @@ class TargetModel:
             kwargs.update(position_ids=positions, attention_mask=mask,
                           cache_position=torch.arange(start, start + total, device=self.device))
         out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
-        logits = out.logits[0].float()  # [n + m, V]
+        if pad:
+            cache.truncate(start + 1)
+        logits = out.logits[0, : n + m].float()  # [n + m, V] (without the padding row)
+        states = out.hidden_states[-1][0, :n] if hidden else None
+        tree_logits = logits[:n]
+        if order is not None:
+            index = torch.tensor(pos, device=self.device)  # node -> its row in the pass
+            tree_logits = tree_logits[index]
+            states = None if states is None else states[index]
+            cache.reorder(start, pos)
         return ForwardOutput(
-            logits=logits[:n],
+            logits=tree_logits,
             extra_logits=logits[n:] if m else None,
-            hidden=out.hidden_states[-1][0, :n] if hidden else None,
+            hidden=states,
         )
 
 

@@ -77,6 +77,25 @@ def children(parents: tuple[int, ...] | list[int]) -> list[list[int]]:
     return out
 
 
+def first_child_order(parents: tuple[int, ...] | list[int]) -> list[int]:
+    """Nodes in depth-first preorder, children in node order: ``order[i]`` is the node placed i-th.
+
+    The chain of first children (a tree builder's most likely path) then sits
+    in consecutive positions right after the root, as in plain decoding.
+
+    >>> first_child_order([0, 0, 1, 3])   # r -> a -> c -> d, r -> b
+    [0, 1, 3, 4, 2]
+    """
+    kids = children(parents)
+    order: list[int] = []
+    stack = [0]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(reversed(kids[node]))
+    return order
+
+
 class TokenTrie:
     """Builds a draft tree from token sequences, sharing common prefixes.
 

@@ -70,6 +70,14 @@ def tiny_engine(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_bf16_engine(tiny_dir):
+    """The tiny model in bfloat16: the engine's row-exact attention and padded one-token passes."""
+    from quickdraft import load
+
+    return load(str(tiny_dir), dtype="bfloat16")
+
+
+@pytest.fixture(scope="session")
 def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
     """Options a method needs on the tiny model, by method name (the lossless suite passes them).
 

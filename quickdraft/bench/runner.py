@@ -230,7 +230,8 @@ class HFPeer:
         else:
             kwargs.update(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
             torch.manual_seed(settings.seed)
-        with _count_calls(target.model) as calls, torch.inference_mode():
+        with _count_calls(target.model) as calls, _stock_attention(target.model, self.extra.get("assistant_model")), \
+                torch.inference_mode():
             _sync(target.device)
             start = time.perf_counter()
             out = target.model.generate(ids, **kwargs)  # [1, P + new]
@@ -239,6 +240,27 @@ class HFPeer:
         new = cut_at_eos(out[0, len(prompt_ids):].tolist(), target.eos_ids)
         finish = "stop" if new and new[-1] in target.eos_ids else "length"
         return Generation(token_ids=new, wall_s=wall, steps=calls[0], finish_reason=finish)
+
+
+@contextmanager
+def _stock_attention(*models: torch.nn.Module | None) -> Iterator[None]:
+    """transformers' own attention (``sdpa``) for a peer baseline's models, then the engine's back.
+
+    The engine may load a model with its row-exact attention
+    (:mod:`quickdraft.attention`); a peer baseline runs transformers as its
+    users would.
+    """
+    swapped = []
+    try:
+        for model in models:
+            ours = None if model is None else getattr(model.config, "_attn_implementation", None)
+            if ours not in (None, "sdpa"):
+                model.set_attn_implementation("sdpa")
+                swapped.append((model, ours))
+        yield
+    finally:
+        for model, ours in swapped:
+            model.set_attn_implementation(ours)
 
 
 def cut_at_eos(tokens: Sequence[int], eos_ids: frozenset[int] | set[int]) -> list[int]:

@@ -51,6 +51,17 @@ def test_every_registered_method_equals_plain_greedy(tiny_engine, tiny_method_op
         assert stats.new_tokens == len(expected) and stats.steps <= len(expected)
 
 
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
+def test_every_method_equals_plain_greedy_in_bfloat16(tiny_bf16_engine, tiny_method_options, method):
+    """bfloat16 on CPU: verified rows are computed as plain decoding computes them (see quickdraft.attention)."""
+    engine = tiny_bf16_engine
+    for text in PROMPTS:
+        ids = engine.encode(text, chat=False)
+        expected = plain(engine, ids)
+        got, _ = run(engine.target, ids, engine.drafter(method, options_for(tiny_method_options, method)))
+        assert got == expected
+
+
 def test_oracle_drafter_accepts_everything(tiny_engine, prompts):
     for ids in prompts:
         expected = plain(tiny_engine, ids)
