@@ -277,7 +277,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Peer baselines run transformers' `generate` on the same model, tokenizer and prompt ids: `hf-pld` "
         f"with `prompt_lookup_num_tokens={HF_PLD_TOKENS}` and `max_matching_ngram_size={HF_PLD_NGRAM}` (as our "
         f"`pld`), `hf-assisted` with transformers' default assisted-generation settings read from the draft "
-        f"model's `generation_config`.",
+        f"model's `generation_config`; they keep transformers' own SDPA attention (the engine may load the "
+        f"model with its row-exact attention, see `quickdraft/attention.py`).",
     ]
     return "\n".join(lines) + "\n"
 

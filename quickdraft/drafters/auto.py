@@ -48,7 +48,8 @@ when an adapter for the model is given or shipped, plus rest with a
 ``datastore`` and draft with a ``draft_model``; lookahead, swift and
 early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
 gate already charges what the predictions miss), ``probe_share`` (0.02). Not
-a source: ``ppd`` (its prompt tokens cannot share a tree with other drafts).
+a source: ``ppd`` (auto picks the nodes to verify after merging, which would
+leave its prompt tokens without their anchor nodes; ``ppd+ngram`` combines it).
 """
 
 from __future__ import annotations
