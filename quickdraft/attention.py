@@ -43,12 +43,36 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     query: [B, H, n, D]; key, value: [B, KV, L, D] with H a multiple of KV
     (head h reads key/value head h // (H / KV), as transformers' ``repeat_kv``);
     attention_mask: additive [B, 1, n, >= L] (from ``eager_mask`` or the
-    caller's tree mask) or None. Returns ([B, n, H, D], None).
+    caller's tree mask; with ``eager_mask`` registered for it, transformers
+    always builds one) or None, when every row sees every key, as in
+    transformers' eager attention. Returns ([B, n, H, Dv], None).
     """
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError("attention logit soft-capping is not supported by quickdraft's attention")
-    b, h, n, d = query.shape
-    kv = key.shape[1]
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("attention soft-capping and attention sinks are not supported by quickdraft's "
+                                  "attention")
+    if dropout or getattr(module, "training", False):
+        raise NotImplementedError("quickdraft's attention is for inference (no dropout, no training mode)")
+    n = query.shape[2]
+    if n <= QUERY_CHUNK:
+        return _attend(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+    # A long prefill: bound the [rows, keys] score matrix by taking the queries in chunks (each row's
+    # result is the same either way; no chunk has a single row, which would take another kernel).
+    bounds = list(range(0, n, QUERY_CHUNK)) + [n]
+    if bounds[-1] - bounds[-2] < 2:
+        del bounds[-2]
+    parts = [_attend(query[:, :, a:z], key, value, None if attention_mask is None else attention_mask[:, :, a:z],
+                     scaling) for a, z in zip(bounds, bounds[1:])]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+QUERY_CHUNK = 512  # query rows per product in a long pass: 512 rows x 8k keys x 4 bytes = 16 MB per head
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+            scaling: float) -> torch.Tensor:
+    """[B, H, n, D] attention output for the queries (see :func:`grouped_attention`)."""
+    b, h, n, _ = query.shape
+    kv, d = key.shape[1], value.shape[-1]
     groups = h // kv
     q = query.reshape(b, kv, groups * n, d)  # heads of a group are adjacent: [B, KV, G * n, D]
     scores = torch.matmul(q, key.transpose(2, 3)) * scaling  # [B, KV, G * n, L]
@@ -57,8 +81,7 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         scores = (scores.view(b, kv, groups, n, length) + attention_mask[:, :, None, :, :length]).view(
             b, kv, groups * n, length)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(weights, value)  # [B, KV, G * n, D]
-    return out.view(b, h, n, d).transpose(1, 2).contiguous(), None
+    return torch.matmul(weights, value).view(b, h, n, d)  # [B, H, n, D]
 
 
 AttentionInterface.register(NAME, grouped_attention)

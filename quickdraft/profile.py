@@ -139,13 +139,13 @@ class LatencyProfile:
         """Seconds for a draft of ``nodes`` nodes after ``context`` cached tokens (None: the profile's own).
 
         Piecewise linear in ``nodes`` through :attr:`fitted`, extrapolated;
-        linear in the context (:attr:`per_token`), never below half the
-        short-context time.
+        linear in the context (:attr:`per_token`) above the profile's own
+        context, and the profile's own time below it.
         """
         value = self._interp(self.fitted, nodes)
-        if context is None or self.long_seconds is None:
-            return value
-        return max(value + self._interp(self.per_token, nodes) * (context - self.context), 0.5 * value)
+        if context is None or self.long_seconds is None or context <= self.context:
+            return value  # shorter contexts are not extrapolated (bigger trees must never look cheaper)
+        return value + self._interp(self.per_token, nodes) * (context - self.context)
 
     def _interp(self, ys: Sequence[float], nodes: int) -> float:
         xs = self.nodes
@@ -428,15 +428,17 @@ class AdaptiveNodeBudget:
             self.expected[m] += rate * (accepted_within(path, m) - self.expected[m])
 
 
-def adaptive_node_budget(target, *, max_nodes: int = 64) -> AdaptiveNodeBudget | None:
+def adaptive_node_budget(target, *, max_nodes: int = 64, extra: int = 0) -> AdaptiveNodeBudget | None:
     """An :class:`AdaptiveNodeBudget` on ``target``'s latency profile (measured once per machine).
 
-    None for a target that cannot be profiled (see :func:`node_budget`).
+    extra: inputs fed with every draft besides its nodes (PPD's prompt tokens),
+    charged as nodes. None for a target that cannot be profiled (see :func:`node_budget`).
     """
     if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
         return None
     profile = load_or_measure(target)
-    return AdaptiveNodeBudget(profile.latency, candidates=[c for c in CANDIDATES if c <= max_nodes])
+    latency = profile.latency if not extra else (lambda n, context=None: profile.latency(n + extra, context))
+    return AdaptiveNodeBudget(latency, candidates=[c for c in CANDIDATES if c <= max_nodes])
 
 
 

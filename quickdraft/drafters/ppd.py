@@ -32,7 +32,7 @@ import torch
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
-from ..profile import CANDIDATES, AdaptiveNodeBudget, adaptive_node_budget, load_or_measure
+from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, best_first_tree, end_probabilities
@@ -65,6 +65,11 @@ class ParallelPromptDrafter(Drafter):
     @property
     def prompt_tokens(self) -> int:
         return int(self.embeds.shape[0])
+
+    @property
+    def extra_inputs(self) -> int:
+        """Prompt tokens fed with every draft (``attach`` groups of them), for a combined method's budget."""
+        return self.attach * self.prompt_tokens
 
     def reset(self) -> None:
         self._guesses: Guesses | None = None
@@ -126,15 +131,6 @@ def embeds_from_adapter(adapter: Adapter, target) -> torch.Tensor:
     return embeds.to(device=target.device, dtype=target.dtype)
 
 
-def _pass_budget(target, extras: int) -> AdaptiveNodeBudget | None:
-    """The adaptive node budget, charging every draft for the ``extras`` prompt tokens fed with it."""
-    if adaptive_node_budget(target) is None:  # not a profilable target (measures the profile once otherwise)
-        return None
-    profile = load_or_measure(target)
-    return AdaptiveNodeBudget(lambda nodes, context=None: profile.latency(nodes + extras, context),
-                              candidates=CANDIDATES)
-
-
 def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:
     adapter = load_adapter_for(target, KIND, options.get("adapter"))
     embeds = embeds_from_adapter(adapter, target)
@@ -142,7 +138,7 @@ def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:
     budget = None
     if "nodes" not in picked:
         extras = picked.get("attach", 2) * int(embeds.shape[0])  # prompt tokens fed with every tree
-        budget = _pass_budget(target, extras)
+        budget = adaptive_node_budget(target, extra=extras)
         picked["nodes"] = None if budget else 10
     return ParallelPromptDrafter(embeds, budget=budget, **picked)
 

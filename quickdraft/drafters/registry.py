@@ -82,8 +82,10 @@ def _combined(name: str) -> MethodSpec:
         from .combine import Combined
 
         nodes = ctx.options.get("nodes")
-        budget = None if nodes else adaptive_node_budget(ctx.target)
-        return Combined([(spec.name, spec.build(ctx)) for spec in parts], nodes=nodes, budget=budget)
+        built = [(spec.name, spec.build(ctx)) for spec in parts]
+        extra = sum(int(getattr(drafter, "extra_inputs", 0)) for _, drafter in built)  # fed with every tree
+        budget = None if nodes else adaptive_node_budget(ctx.target, extra=extra)
+        return Combined(built, nodes=nodes, budget=budget)
 
     return MethodSpec(
         name=name, lossless=all(spec.lossless for spec in parts), build=build,

@@ -241,3 +241,15 @@ def test_sampling_runs_and_is_reproducible(tiny_engine, tiny_method_options, met
     second = tiny_engine.generate("abc abc abc", **kwargs)
     assert first.token_ids == second.token_ids and len(first.token_ids) > 0
     assert first.stats.drafted_tokens > 0
+
+
+def test_a_combination_with_ppd_charges_its_prompt_tokens(tiny_engine, tiny_method_options):
+    from quickdraft.profile import load_or_measure
+
+    combined = tiny_engine.drafter("ngram+ppd", tiny_method_options["ppd"])
+    ppd = dict(combined.parts)["ppd"]
+    assert ppd.extra_inputs == ppd.attach * ppd.prompt_tokens > 0
+    profile = load_or_measure(tiny_engine.target)
+    assert combined.budget.latency(4) == profile.latency(4 + ppd.extra_inputs)  # nodes plus prompt tokens
+    alone = tiny_engine.drafter("ngram+recycle")
+    assert alone.budget.latency(4) == profile.latency(4)

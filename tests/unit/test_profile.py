@@ -124,7 +124,7 @@ def test_latency_grows_linearly_with_the_context():
     assert p.per_token == pytest.approx((0.01, 0.0175, 0.0175))  # slopes never fall with the size
     assert p.latency(8) == p.latency(8, context=100) == 2.0
     assert p.latency(8, context=300) == pytest.approx(5.5) and p.latency(4, context=150) == pytest.approx(2.1875)
-    assert p.latency(16, context=0) == 1.5  # never below half the measured time
+    assert p.latency(16, context=0) == p.latency(16) == 3.0  # shorter contexts: the measured time
     assert LatencyProfile.from_json(json.loads(json.dumps(p.to_json()))) == p
     flat = LatencyProfile(key=None, nodes=(0, 8), seconds=(1.0, 2.0))  # one context measured: it does not matter
     assert flat.latency(8, context=5000) == 2.0
