@@ -36,6 +36,7 @@ class KVCache:
             self.inner.crop(length - current)  # transformers takes a negative count to drop
         assert len(self) == length
 
+    @torch.inference_mode()
     def keep(self, start: int, offsets: list[int]) -> None:
         """Keep ``start`` committed entries plus the entries at ``start + o`` for o in offsets.
 
@@ -48,14 +49,15 @@ class KVCache:
             return
         assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
         index = torch.tensor([start + o for o in offsets], dtype=torch.long)
-        for layer in self.inner.layers:
-            keys, values = layer.keys, layer.values  # [B, H, T, D]
-            kept_k = keys.index_select(2, index.to(keys.device))
-            kept_v = values.index_select(2, index.to(values.device))
-            layer.keys = torch.cat([keys[:, :, :start], kept_k], dim=2)
-            layer.values = torch.cat([values[:, :, :start], kept_v], dim=2)
-        assert len(self) == start + len(offsets)
+        end = start + len(offsets)
+        for layer in self.inner.layers:  # in place: the committed prefix is not copied
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)  # [B, H, T, D]
+                tensor[:, :, start:end] = tensor.index_select(2, index.to(tensor.device))
+                setattr(layer, name, tensor[:, :, :end])
+        assert len(self) == end
 
+    @torch.inference_mode()
     def reorder(self, start: int, rows: list[int]) -> None:
         """Put entry ``start + rows[i]`` at ``start + i`` for each i (a permutation of a block)."""
         index = torch.tensor([start + r for r in rows], dtype=torch.long)

@@ -375,7 +375,10 @@ class TargetModel:
                 parents = tuple(pos[parents[node - 1]] for node in order[1:])
                 if m:
                     extra_parents = tuple(pos[p] if p < n else p for p in extra_parents)
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n]
+        pad = n + m == 1 and self.pad_single
+        if pad:  # a second, ignored row (see pad_single), dropped from the cache and the logits below
+            tokens, parents = [tokens[0], tokens[0]], (0,)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n] (+ the padding row)
         kwargs: dict = {"input_ids": ids}
         if m:
             assert extra_parents is not None and len(extra_parents) == m, "one parent per extra embedding"
@@ -383,11 +386,7 @@ class TargetModel:
             parents = tree + tuple(extra_parents)
             embedded = self.model.get_input_embeddings()(ids)  # [1, n, H]
             kwargs = {"inputs_embeds": torch.cat([embedded, extra_embeds.to(embedded.dtype)[None]], dim=1)}
-        total = n + m
-        pad = total == 1 and self.pad_single
-        if pad:  # a second, ignored row (see pad_single); dropped from the cache below
-            kwargs = {"input_ids": torch.tensor([[tokens[0], tokens[0]]], dtype=torch.long, device=self.device)}
-            parents, total = (0,), 2
+        total = len(tokens) + m
         if pad or (parents is not None and any(p != i for i, p in enumerate(parents))):
             assert len(parents) == total - 1, f"a tree of {total} nodes needs {total - 1} parents"
             positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n + m]

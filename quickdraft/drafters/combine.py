@@ -92,20 +92,13 @@ def attach_extras(merged: Draft, drafts: Sequence[Draft], maps: Sequence[list[in
         kept: list[int] = []
         if draft.extra_embeds is not None and draft.extra_parents is not None:
             k = len(draft)
-            merged_of: list[int | None] = []  # the part's extra i -> merged extra index
-            for i, parent in enumerate(draft.extra_parents):
-                if parent <= k:  # a tree node of the part
-                    anchor = node_of[parent] if parent < len(node_of) else None
-                else:  # an earlier extra of the part
-                    earlier = merged_of[parent - k - 1]
-                    anchor = None if earlier is None else n + 1 + earlier
-                if anchor is None:
-                    merged_of.append(None)
-                    continue
-                merged_of.append(len(rows))
+            merged_of: dict[int, int] = {}  # the part's kept extra -> merged extra index
+            for i in _kept_extras(draft, node_of):
+                parent = draft.extra_parents[i]  # a tree node of the part, or an earlier (kept) extra
+                parents.append(node_of[parent] if parent <= k else n + 1 + merged_of[parent - k - 1])
+                merged_of[i] = len(rows)
                 kept.append(len(rows))
                 rows.append(draft.extra_embeds[i])
-                parents.append(anchor)
         extras.append(kept)
     if not rows:
         return merged, extras
