@@ -53,15 +53,16 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if dropout or getattr(module, "training", False):
         raise NotImplementedError("quickdraft's attention is for inference (no dropout, no training mode)")
     n = query.shape[2]
+    order = None if attention_mask is None else _own_keys_first(attention_mask, n, key.shape[2])
     if n <= QUERY_CHUNK:
-        return _attend(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
+        return _attend(query, key, value, attention_mask, scaling, order).transpose(1, 2).contiguous(), None
     # A long prefill: bound the [rows, keys] score matrix by taking the queries in chunks (each row's
     # result is the same either way; no chunk has a single row, which would take another kernel).
     bounds = list(range(0, n, QUERY_CHUNK)) + [n]
     if bounds[-1] - bounds[-2] < 2:
         del bounds[-2]
     parts = [_attend(query[:, :, a:z], key, value, None if attention_mask is None else attention_mask[:, :, a:z],
-                     scaling) for a, z in zip(bounds, bounds[1:])]
+                     scaling, None if order is None else (order[0][..., a:z, :], order[1][..., a:z, :])) for a, z in zip(bounds, bounds[1:])]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -69,8 +70,9 @@ QUERY_CHUNK = 512  # query rows per product in a long pass: 512 rows x 8k keys x
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
-            scaling: float) -> torch.Tensor:
-    """[B, H, n, D] attention output for the queries (see :func:`grouped_attention`)."""
+            scaling: float, order: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, H, n, D] attention output for the queries (see :func:`grouped_attention`); order: the rows'
+    :func:`_own_keys_first` (each [B, 1, 1, n, N], N the pass's own keys, the last N) or None."""
     b, h, n, _ = query.shape
     kv, d = key.shape[1], value.shape[-1]
     groups = h // kv
@@ -80,8 +82,37 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attenti
         length = key.shape[2]
         scores = (scores.view(b, kv, groups, n, length) + attention_mask[:, :, None, :, :length]).view(
             b, kv, groups * n, length)
+    if order is not None:  # each row's own visible keys first, as plain decoding lays them out
+        forward, back = order
+        own = forward.shape[-1]
+        tail = scores.view(b, kv, groups, n, -1)[..., -own:]  # [B, KV, G, n, N]: the pass's own keys
+        tail.copy_(torch.gather(tail, -1, forward.expand_as(tail)))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if order is not None:  # and back to where the keys are
+        tail = weights.view(b, kv, groups, n, -1)[..., -own:]
+        tail.copy_(torch.gather(tail, -1, back.expand_as(tail)))
     return torch.matmul(weights, value).view(b, h, n, d)  # [B, H, n, D]
+
+
+def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per row of the pass, its visible keys among the pass's own (the last n) first, in their order,
+    then the hidden ones: (order, its inverse), each [B, 1, 1, n, n]; None when every row has that
+    order already (a causal pass: plain decoding, a chain, a prefill).
+
+    Softmax sums a row's scores in vector lanes by their place in the row, so a tree node, whose
+    ancestors sit with gaps between them among the pass's keys, would add them in another grouping
+    than plain decoding, where they are consecutive, and round differently. Moved together, the
+    row sums as plain decoding does; the weights are moved back before the product with the
+    values, which adds keys in aligned pairs (the pass's layout, :func:`~quickdraft.tree.exact_layout`,
+    keeps each row's pairs those of plain decoding). Assumes the rows see all of the cache before
+    the pass, as a verification pass does.
+    """
+    tail = attention_mask[:, 0, :, length - n:length]  # [B, n, n]
+    hidden = (tail <= torch.finfo(tail.dtype).min / 2).to(torch.uint8)
+    order = torch.argsort(hidden, dim=-1, stable=True)
+    if order.shape[0] == 1 and torch.equal(order[0], torch.arange(n, device=order.device).expand(n, n)):
+        return None
+    return order[:, None, None], torch.argsort(order, dim=-1)[:, None, None]
 
 
 AttentionInterface.register(NAME, grouped_attention)

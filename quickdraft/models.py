@@ -31,7 +31,7 @@ import torch
 
 from .cache import KVCache
 from .errors import QuickdraftError
-from .tree import ancestor_mask, depths, first_child_order
+from .tree import ancestor_mask, depths, exact_layout
 
 log = logging.getLogger(__name__)
 
@@ -359,54 +359,52 @@ class TargetModel:
         start = len(cache)
         n = len(tokens)
         m = 0 if extra_embeds is None else int(extra_embeds.shape[0])
-        # Lay a tree out depth-first (first children first): its most likely path then sits in
-        # consecutive positions as in plain decoding, so (with pad_single) its rows are computed
-        # exactly as plain decoding computes them. Rows and cache entries are put back in node order.
-        order = None
-        if parents is not None and self.pad_single:
-            order = first_child_order(parents)
-            if order == list(range(n)):
-                order = None
-            else:
-                pos = [0] * n
-                for i, node in enumerate(order):
-                    pos[node] = i
-                tokens = [tokens[node] for node in order]
-                parents = tuple(pos[parents[node - 1]] for node in order[1:])
-                if m:
-                    extra_parents = tuple(pos[p] if p < n else p for p in extra_parents)
-        pad = n + m == 1 and self.pad_single
-        if pad:  # a second, ignored row (see pad_single), dropped from the cache and the logits below
-            tokens, parents = [tokens[0], tokens[0]], (0,)
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)  # [1, n] (+ the padding row)
-        kwargs: dict = {"input_ids": ids}
         if m:
             assert extra_parents is not None and len(extra_parents) == m, "one parent per extra embedding"
-            tree = tuple(range(n - 1)) if parents is None else tuple(parents)
-            parents = tree + tuple(extra_parents)
-            embedded = self.model.get_input_embeddings()(ids)  # [1, n, H]
-            kwargs = {"inputs_embeds": torch.cat([embedded, extra_embeds.to(embedded.dtype)[None]], dim=1)}
-        total = len(tokens) + m
-        if pad or (parents is not None and any(p != i for i, p in enumerate(parents))):
-            assert len(parents) == total - 1, f"a tree of {total} nodes needs {total - 1} parents"
-            positions = torch.tensor([depths(parents)], device=self.device) + start  # [1, n + m]
-            allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [n + m, start + n + m]
-            allowed[:, start:] = ancestor_mask(parents).to(self.device)
+            parents = (tuple(range(n - 1)) if parents is None else tuple(parents)) + tuple(extra_parents)
+        # slots: the node fed in each row of the pass (-1: a padding row); slot_parents: the pass's tree
+        slots, slot_parents = list(range(n + m)), parents
+        if self.pad_single:
+            if n + m == 1:  # a second, ignored row (see pad_single)
+                slots, slot_parents = [0, -1], (0,)
+            elif parents is not None:
+                # Lay a tree out so every row is computed as plain decoding computes it (exact_layout:
+                # padding rows and copies of some nodes; the first-child chain first, consecutive).
+                slots, slot_parents = exact_layout(parents, start)
+        ids = torch.tensor([[tokens[node] if 0 <= node < n else tokens[0] for node in slots]],
+                           dtype=torch.long, device=self.device)  # [1, slots]
+        kwargs: dict = {"input_ids": ids}
+        if m:
+            embedded = self.model.get_input_embeddings()(ids)  # [1, slots, H]
+            at = [slot for slot, node in enumerate(slots) if node >= n]
+            embedded[0, at] = extra_embeds[[slots[slot] - n for slot in at]].to(embedded.dtype)
+            kwargs = {"inputs_embeds": embedded}
+        total = len(slots)
+        if slot_parents is not None and any(p != i for i, p in enumerate(slot_parents)):
+            positions = torch.tensor([depths(slot_parents)], device=self.device) + start  # [1, slots]
+            allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [slots, start + slots]
+            allowed[:, start:] = ancestor_mask(slot_parents).to(self.device)
             mask = torch.zeros(1, 1, total, start + total, dtype=self.dtype, device=self.device)  # additive
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
             kwargs.update(position_ids=positions, attention_mask=mask,
                           cache_position=torch.arange(start, start + total, device=self.device))
         out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
-        if pad:
-            cache.truncate(start + 1)
-        logits = out.logits[0, : n + m].float()  # [n + m, V] (without the padding row)
-        states = out.hidden_states[-1][0, :n] if hidden else None
-        tree_logits = logits[:n]
-        if order is not None:
-            index = torch.tensor(pos, device=self.device)  # node -> its row in the pass
-            tree_logits = tree_logits[index]
+        logits = out.logits[0]  # [slots, V]
+        states = out.hidden_states[-1][0] if hidden else None
+        if slots != list(range(n + m)):  # back to node order: each node's first slot (a copy computes the same)
+            rows = [0] * (n + m)
+            for slot in reversed(range(total)):
+                if slots[slot] >= 0:
+                    rows[slots[slot]] = slot
+            if rows != list(range(n + m)):
+                cache.reorder(start, rows)
+            cache.truncate(start + n + m)
+            index = torch.tensor(rows, device=self.device)
+            logits = logits[index]
             states = None if states is None else states[index]
-            cache.reorder(start, pos)
+        logits = logits.float()  # [n + m, V]
+        tree_logits = logits[:n]
+        states = None if states is None else states[:n]
         return ForwardOutput(
             logits=tree_logits,
             extra_logits=logits[n:] if m else None,

@@ -4,6 +4,8 @@ Nodes are numbered 0..n: node 0 is the root (the last committed token, fed to
 the model but not yet in the KV cache) and node ``i >= 1`` is draft token
 ``i - 1``. ``parents[i - 1]`` is the parent node of node ``i``; parents always
 precede their children. A chain of k tokens has ``parents = [0, 1, ..., k-1]``.
+A parent of ``-1`` makes a node a further root (a forest; only the layout of a
+pass, :func:`exact_layout`, makes those): it has depth 0 and no ancestors.
 
 Example tree (root r with children a, b; a has child c)::
 
@@ -31,7 +33,7 @@ def depths(parents: tuple[int, ...] | list[int]) -> list[int]:
     """
     out = [0]
     for p in parents:
-        out.append(out[p] + 1)
+        out.append(out[p] + 1 if p >= 0 else 0)
     return out
 
 
@@ -45,7 +47,8 @@ def ancestor_mask(parents: tuple[int, ...] | list[int]) -> torch.Tensor:
     mask = torch.zeros(n, n, dtype=torch.bool)
     mask[0, 0] = True
     for i, p in enumerate(parents, start=1):
-        mask[i] = mask[p]
+        if p >= 0:
+            mask[i] = mask[p]
         mask[i, i] = True
     return mask
 
@@ -73,27 +76,62 @@ def children(parents: tuple[int, ...] | list[int]) -> list[list[int]]:
     """
     out: list[list[int]] = [[] for _ in range(len(parents) + 1)]
     for i, p in enumerate(parents, start=1):
-        out[p].append(i)
+        if p >= 0:  # -1: a second root (see exact_layout)
+            out[p].append(i)
     return out
 
 
-def first_child_order(parents: tuple[int, ...] | list[int]) -> list[int]:
-    """Nodes in depth-first preorder, children in node order: ``order[i]`` is the node placed i-th.
+def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list[int], tuple[int, ...]]:
+    """Where to put a tree's nodes in a pass so each row is computed exactly as plain decoding computes it.
 
-    The chain of first children (a tree builder's most likely path) then sits
-    in consecutive positions right after the root, as in plain decoding.
+    Returns ``(nodes, slot_parents)``: ``nodes[s]`` is the node placed in slot
+    s of the pass (``-1``: a padding slot) and ``slot_parents`` the parent slot
+    of each slot after the first (``-1``: no parent in the tree; the slot sees
+    the cache only). Slots form a tree (a forest) in the format of this module.
 
-    >>> first_child_order([0, 0, 1, 3])   # r -> a -> c -> d, r -> b
-    [0, 1, 3, 4, 2]
+    Why (measured on this CPU, bfloat16): the product of attention weights and
+    values adds the keys in aligned pairs (key ``2i + 1`` then ``2i``, pair
+    after pair), so a row's sum is the same as in plain decoding exactly when
+    its visible keys fall into the same pairs in the same order. In plain
+    decoding a token at depth d sits at position ``start + d``. So each node is
+    put in a slot of its depth's parity (a padding slot fills the gap), and a
+    node whose position is even (``start + depth``) is followed directly by its
+    child; for its second and later children a copy of the node is placed
+    right before each child (a copy computes the same as the original). The
+    first-child chain (a tree builder's most likely path) comes first, in
+    consecutive slots, with no padding or copies; a chain is laid out as is.
+
+    >>> exact_layout([0, 0, 1, 3], start=10)   # r -> a -> c -> d, r -> b; r at even position 10
+    ([0, 1, 3, 4, 0, 2], (0, 1, 2, -1, 4))
+    >>> exact_layout([0, 0, 1, 3], start=11)   # r at odd position 11: b needs a padding slot (-1)
+    ([0, 1, 3, 4, -1, 2], (0, 1, 2, -1, 0))
     """
     kids = children(parents)
-    order: list[int] = []
-    stack = [0]
+    nodes: list[int] = [0]
+    slot_parents: list[int] = []
+
+    def place(node: int, parent_slot: int, depth: int) -> int:
+        if len(nodes) % 2 != depth % 2:  # a padding slot keeps the slot's parity that of the depth
+            nodes.append(-1)
+            slot_parents.append(-1)
+        nodes.append(node)
+        slot_parents.append(parent_slot)
+        return len(nodes) - 1
+
+    stack = [[0, 0, 0, 0]]  # depth-first: [node, its slot, its depth, next child to place]
     while stack:
-        node = stack.pop()
-        order.append(node)
-        stack.extend(reversed(kids[node]))
-    return order
+        top = stack[-1]
+        node, slot, depth, i = top
+        if i == len(kids[node]):
+            stack.pop()
+            continue
+        top[3] += 1
+        parent_slot = slot
+        if i and (start + depth) % 2 == 0:  # an even position is followed by its child: a copy per later child
+            parent_slot = place(node, slot_parents[slot - 1] if slot else -1, depth)
+        child = kids[node][i]
+        stack.append([child, place(child, parent_slot, depth + 1), depth + 1, 0])
+    return nodes, tuple(slot_parents)
 
 
 class TokenTrie:

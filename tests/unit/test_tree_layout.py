@@ -1,0 +1,60 @@
+"""exact_layout: the slots a tree's nodes take in a pass so that bfloat16 rows equal plain decoding's."""
+
+import random
+
+import pytest
+
+from quickdraft.tree import ancestor_mask, children, depths, exact_layout, path_to
+
+
+def random_tree(rng: random.Random, n: int) -> tuple[int, ...]:
+    return tuple(rng.randint(0, i) for i in range(n - 1))
+
+
+def slot_path(slot_parents, slot):
+    """Slots from a root of the slot forest down to ``slot``."""
+    path = [slot]
+    while path[-1] and slot_parents[path[-1] - 1] >= 0:
+        path.append(slot_parents[path[-1] - 1])
+    return path[::-1]
+
+
+@pytest.mark.parametrize("start", [10, 11])
+@pytest.mark.parametrize("seed", range(40))
+def test_every_node_sees_its_ancestors_in_plain_decodings_pairs(start, seed):
+    rng = random.Random(seed)
+    parents = random_tree(rng, rng.randint(1, 30))
+    nodes, slot_parents = exact_layout(parents, start)
+    assert len(slot_parents) == len(nodes) - 1 and nodes[0] == 0
+    assert set(nodes) - {-1} == set(range(len(parents) + 1))  # every node has a slot (some several)
+    node_depths = depths(parents)
+    for slot, node in enumerate(nodes):
+        if node < 0:  # padding: sees the cache only, and no slot descends from it
+            assert slot_parents[slot - 1] == -1 and slot not in slot_parents
+            continue
+        path = slot_path(slot_parents, slot)
+        # the slots hold the node's ancestors, root first, in increasing slots
+        assert [nodes[s] for s in path] == [0] + path_to(parents, node)
+        assert path == sorted(path)
+        for depth, s in enumerate(path):
+            assert s % 2 == depth % 2  # position start + depth and slot start + s have the same parity
+            if (start + depth) % 2 == 0 and depth < len(path) - 1:
+                assert path[depth + 1] == s + 1  # an even position and its child form one aligned pair
+        assert len(path) - 1 == node_depths[node]
+
+
+def test_the_first_child_chain_is_laid_out_first_and_a_chain_as_is():
+    assert exact_layout((0, 1, 2, 3), 7) == ([0, 1, 2, 3, 4], (0, 1, 2, 3))
+    nodes, _ = exact_layout((0, 0, 1, 2, 3), 8)  # r -> 1 -> 3 -> 5 is the first-child chain
+    assert nodes[:4] == [0, 1, 3, 5]
+
+
+def test_slot_forest_masks_and_depths():
+    # the doc example: r at an even position has two children, so r is copied (a second root)
+    nodes, slot_parents = exact_layout((0, 0, 1, 3), start=10)
+    assert nodes == [0, 1, 3, 4, 0, 2] and slot_parents == (0, 1, 2, -1, 4)
+    assert depths(slot_parents) == [0, 1, 2, 3, 0, 1]
+    mask = ancestor_mask(slot_parents)
+    assert mask[5].nonzero().flatten().tolist() == [4, 5]  # b sees the copy of r, not the first r
+    assert mask[4].nonzero().flatten().tolist() == [4]
+    assert children(slot_parents)[4] == [5] and children(slot_parents)[5] == []
