@@ -33,6 +33,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 NAME = "quickdraft_grouped"
+ORDER_KWARG = "quickdraft_own_keys_first"  # a model call's keyword: the pass's own_keys_first(), for every layer
 
 
 def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -53,7 +54,10 @@ def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if dropout or getattr(module, "training", False):
         raise NotImplementedError("quickdraft's attention is for inference (no dropout, no training mode)")
     n = query.shape[2]
-    order = None if attention_mask is None else _own_keys_first(attention_mask, n, key.shape[2])
+    if ORDER_KWARG in kwargs:  # computed once per pass by the caller
+        order = kwargs[ORDER_KWARG]
+    else:
+        order = None if attention_mask is None else _own_keys_first(attention_mask, n, key.shape[2])
     if n <= QUERY_CHUNK:
         return _attend(query, key, value, attention_mask, scaling, order).transpose(1, 2).contiguous(), None
     # A long prefill: bound the [rows, keys] score matrix by taking the queries in chunks (each row's
@@ -92,6 +96,15 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attenti
         tail = weights.view(b, kv, groups, n, -1)[..., -own:]
         tail.copy_(torch.gather(tail, -1, back.expand_as(tail)))
     return torch.matmul(weights, value).view(b, h, n, d)  # [B, H, n, D]
+
+
+def own_keys_first(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_own_keys_first` from a pass's [n, n] bool mask of the keys each row sees among its own."""
+    n = allowed.shape[0]
+    order = torch.argsort((~allowed).to(torch.uint8), dim=-1, stable=True)
+    if torch.equal(order, torch.arange(n, device=order.device).expand(n, n)):
+        return None
+    return order[None, None, None], torch.argsort(order, dim=-1)[None, None, None]
 
 
 def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:

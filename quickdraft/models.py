@@ -31,6 +31,7 @@ import torch
 
 from .cache import KVCache
 from .errors import QuickdraftError
+from . import attention
 from .tree import ancestor_mask, depths, exact_layout
 
 log = logging.getLogger(__name__)
@@ -235,8 +236,6 @@ def attention_for(device: str, dtype: torch.dtype) -> str:
     verified inside a draft chain gets the logits it gets in plain decoding,
     bit for bit. Elsewhere ``sdpa``.
     """
-    from . import attention
-
     return attention.NAME if torch.device(device).type == "cpu" and dtype != torch.float32 else "sdpa"
 
 
@@ -388,6 +387,8 @@ class TargetModel:
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
             kwargs.update(position_ids=positions, attention_mask=mask,
                           cache_position=torch.arange(start, start + total, device=self.device))
+            if self.model.config._attn_implementation == attention.NAME:  # its per-row key order, once per pass
+                kwargs[attention.ORDER_KWARG] = attention.own_keys_first(allowed[:, start:])
         out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
         logits = out.logits[0]  # [slots, V]
         states = out.hidden_states[-1][0] if hidden else None
@@ -400,8 +401,8 @@ class TargetModel:
                 cache.reorder(start, rows)
             cache.truncate(start + n + m)
             index = torch.tensor(rows, device=self.device)
-            logits = logits[index]
-            states = None if states is None else states[index]
+            logits = logits.index_select(0, index)
+            states = None if states is None else states.index_select(0, index)
         logits = logits.float()  # [n + m, V]
         tree_logits = logits[:n]
         states = None if states is None else states[:n]

@@ -85,35 +85,36 @@ def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list
     """Where to put a tree's nodes in a pass so each row is computed exactly as plain decoding computes it.
 
     Returns ``(nodes, slot_parents)``: ``nodes[s]`` is the node placed in slot
-    s of the pass (``-1``: a padding slot) and ``slot_parents`` the parent slot
+    s of the pass (a node can have several slots) and ``slot_parents`` the parent slot
     of each slot after the first (``-1``: no parent in the tree; the slot sees
     the cache only). Slots form a tree (a forest) in the format of this module.
 
     Why (measured on this CPU, bfloat16): the product of attention weights and
     values adds the keys in aligned pairs (key ``2i + 1`` then ``2i``, pair
-    after pair), so a row's sum is the same as in plain decoding exactly when
-    its visible keys fall into the same pairs in the same order. In plain
-    decoding a token at depth d sits at position ``start + d``. So each node is
-    put in a slot of its depth's parity (a padding slot fills the gap), and a
-    node whose position is even (``start + depth``) is followed directly by its
-    child; for its second and later children a copy of the node is placed
-    right before each child (a copy computes the same as the original). The
-    first-child chain (a tree builder's most likely path) comes first, in
-    consecutive slots, with no padding or copies; a chain is laid out as is.
+    after pair; keys a row does not see add zero), so a row's sum is the same
+    as in plain decoding exactly when the keys it sees fall into the same pairs
+    in the same order. In plain decoding a token at depth d sits at position
+    ``start + d``, so a node at an even position and its child share a pair.
+    Hence each such node is directly followed by its child, in an aligned pair;
+    for its second and later children a copy of the node (a copy computes the
+    same as the original) is placed before each child. A node whose position is
+    odd follows its parent. A leaf at an even position shares its pair with no
+    key its row sees, so it can go anywhere after its parent: such leaves go
+    last, which keeps every pair before them aligned. The first-child chain (a
+    tree builder's most likely path) comes first; a chain is laid out as is.
 
     >>> exact_layout([0, 0, 1, 3], start=10)   # r -> a -> c -> d, r -> b; r at even position 10
     ([0, 1, 3, 4, 0, 2], (0, 1, 2, -1, 4))
-    >>> exact_layout([0, 0, 1, 3], start=11)   # r at odd position 11: b needs a padding slot (-1)
-    ([0, 1, 3, 4, -1, 2], (0, 1, 2, -1, 0))
+    >>> exact_layout([0, 0, 1, 3], start=11)   # r at odd position 11: a and b pair with their children
+    ([0, 1, 3, 4, 2], (0, 1, 2, 0))
     """
     kids = children(parents)
     nodes: list[int] = [0]
     slot_parents: list[int] = []
+    leaves: list[tuple[int, int]] = []  # (leaf at an even position, its parent's slot): placed last
 
     def place(node: int, parent_slot: int, depth: int) -> int:
-        if len(nodes) % 2 != depth % 2:  # a padding slot keeps the slot's parity that of the depth
-            nodes.append(-1)
-            slot_parents.append(-1)
+        assert len(nodes) % 2 == depth % 2, "pairs stay aligned: a slot's parity is its node's depth's"
         nodes.append(node)
         slot_parents.append(parent_slot)
         return len(nodes) - 1
@@ -126,11 +127,17 @@ def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list
             stack.pop()
             continue
         top[3] += 1
+        child = kids[node][i]
+        if not kids[child] and (start + depth + 1) % 2 == 0:
+            leaves.append((child, slot))
+            continue
         parent_slot = slot
         if i and (start + depth) % 2 == 0:  # an even position is followed by its child: a copy per later child
             parent_slot = place(node, slot_parents[slot - 1] if slot else -1, depth)
-        child = kids[node][i]
         stack.append([child, place(child, parent_slot, depth + 1), depth + 1, 0])
+    for leaf, parent_slot in leaves:
+        nodes.append(leaf)
+        slot_parents.append(parent_slot)
     return nodes, tuple(slot_parents)
 
 

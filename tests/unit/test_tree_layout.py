@@ -19,6 +19,14 @@ def slot_path(slot_parents, slot):
     return path[::-1]
 
 
+def pairs(places: list[int], start: int) -> list[list[int]]:
+    """The path's entries grouped as the value product adds them: by aligned pair of key positions."""
+    groups: dict[int, list[int]] = {}
+    for j, place in enumerate(places):
+        groups.setdefault((start + place) // 2, []).append(j)
+    return [groups[key] for key in sorted(groups)]
+
+
 @pytest.mark.parametrize("start", [10, 11])
 @pytest.mark.parametrize("seed", range(40))
 def test_every_node_sees_its_ancestors_in_plain_decodings_pairs(start, seed):
@@ -26,21 +34,28 @@ def test_every_node_sees_its_ancestors_in_plain_decodings_pairs(start, seed):
     parents = random_tree(rng, rng.randint(1, 30))
     nodes, slot_parents = exact_layout(parents, start)
     assert len(slot_parents) == len(nodes) - 1 and nodes[0] == 0
-    assert set(nodes) - {-1} == set(range(len(parents) + 1))  # every node has a slot (some several)
+    assert sorted(set(nodes)) == list(range(len(parents) + 1))  # every node has a slot (some several)
     node_depths = depths(parents)
     for slot, node in enumerate(nodes):
-        if node < 0:  # padding: sees the cache only, and no slot descends from it
-            assert slot_parents[slot - 1] == -1 and slot not in slot_parents
-            continue
         path = slot_path(slot_parents, slot)
         # the slots hold the node's ancestors, root first, in increasing slots
         assert [nodes[s] for s in path] == [0] + path_to(parents, node)
-        assert path == sorted(path)
-        for depth, s in enumerate(path):
-            assert s % 2 == depth % 2  # position start + depth and slot start + s have the same parity
-            if (start + depth) % 2 == 0 and depth < len(path) - 1:
-                assert path[depth + 1] == s + 1  # an even position and its child form one aligned pair
-        assert len(path) - 1 == node_depths[node]
+        assert path == sorted(path) and len(path) - 1 == node_depths[node]
+        # plain decoding has them at positions start + depth; grouped into the same aligned pairs, in the
+        # same order within a pair (which is by position), the value product adds them in the same order
+        assert pairs(path, start) == pairs(list(range(len(path))), start)
+        for group in pairs(path, start):
+            if len(group) == 2:
+                assert (start + path[group[0]]) % 2 == 0
+
+
+def test_copies_only_where_needed_and_no_padding():
+    # a binary tree: every node at an even position with two children is copied once
+    parents = tuple((i + 1) // 2 for i in range(14))
+    for start in (10, 11):
+        nodes, _ = exact_layout(parents, start)
+        heads = [v for v, d in enumerate(depths(parents)) if (start + d) % 2 == 0 and len(children(parents)[v]) == 2]
+        assert len(nodes) == len(parents) + 1 + len(heads)
 
 
 def test_the_first_child_chain_is_laid_out_first_and_a_chain_as_is():
