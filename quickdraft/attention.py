@@ -12,18 +12,22 @@ this CPU, measured:
   (:attr:`~quickdraft.models.TargetModel.pad_single` therefore feeds a second,
   ignored row to one-token passes);
 * torch's SDPA kernels on CPU do not keep rows independent; plain matrix
-  products do.
+  products do;
+* softmax sums a row in vector lanes by place, and the bfloat16 product of
+  weights and values adds keys in aligned pairs (key 2i+1, then 2i), so a row
+  also depends on where the keys it sees sit among the pass's keys.
 
 So the model is loaded with this attention (registered with transformers'
 ``AttentionInterface`` under :data:`NAME`, the library's extension point: no
 model code is changed). It is transformers' eager attention computed per
 key/value head group: the queries sharing a key/value head are stacked into
 one product, so the keys and values are never copied per query head (the
-copies cost eager attention about 10% of a decoding step here). A draft chain
-is then verified exactly as plain decoding computes it; so is a tree's first
-path (see :func:`~quickdraft.tree.first_child_order`). Tree nodes off that
-path see their ancestors at other places in the pass, which can round
-differently.
+copies cost eager attention about 10% of a decoding step here). Each row's
+visible keys among the pass's own are moved together for the softmax
+(:func:`own_keys_first`), and the caller lays a tree out so that each row's
+keys fall into plain decoding's pairs (:func:`~quickdraft.tree.exact_layout`).
+A draft chain or tree is then verified exactly as plain decoding computes each
+of its tokens, bit for bit.
 """
 
 from __future__ import annotations
