@@ -379,6 +379,8 @@ class TargetModel:
             embedded[0, at] = extra_embeds[[slots[slot] - n for slot in at]].to(embedded.dtype)
             kwargs = {"inputs_embeds": embedded}
         total = len(slots)
+        if self.model.config._attn_implementation == attention.NAME:  # its per-row key order, once per pass
+            kwargs[attention.ORDER_KWARG] = None  # a causal pass (plain decoding, a chain, a prefill): as is
         if slot_parents is not None and any(p != i for i, p in enumerate(slot_parents)):
             positions = torch.tensor([depths(slot_parents)], device=self.device) + start  # [1, slots]
             allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [slots, start + slots]
@@ -387,7 +389,7 @@ class TargetModel:
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
             kwargs.update(position_ids=positions, attention_mask=mask,
                           cache_position=torch.arange(start, start + total, device=self.device))
-            if self.model.config._attn_implementation == attention.NAME:  # its per-row key order, once per pass
+            if attention.ORDER_KWARG in kwargs:
                 kwargs[attention.ORDER_KWARG] = attention.own_keys_first(allowed[:, start:])
         out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
         logits = out.logits[0]  # [slots, V]
