@@ -102,19 +102,11 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attenti
     return torch.matmul(weights, value).view(b, h, n, d)  # [B, H, n, D]
 
 
-def own_keys_first(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`_own_keys_first` from a pass's [n, n] bool mask of the keys each row sees among its own."""
-    n = allowed.shape[0]
-    order = torch.argsort((~allowed).to(torch.uint8), dim=-1, stable=True)
-    if torch.equal(order, torch.arange(n, device=order.device).expand(n, n)):
-        return None
-    return order[None, None, None], torch.argsort(order, dim=-1)[None, None, None]
-
-
-def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per row of the pass, its visible keys among the pass's own (the last n) first, in their order,
-    then the hidden ones: (order, its inverse), each [B, 1, 1, n, n]; None when every row has that
-    order already (a causal pass: plain decoding, a chain, a prefill).
+def own_keys_first(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per row of a pass, its visible keys among the pass's own first, in their order, then the
+    hidden ones: (order, its inverse), each [B, 1, 1, n, n]; None when every row has that order
+    already (a causal pass: plain decoding, a chain, a prefill). visible: [B, n, n] or [n, n] bool,
+    the keys each row sees among the pass's own.
 
     Softmax sums a row's scores in vector lanes by their place in the row, so a tree node, whose
     ancestors sit with gaps between them among the pass's keys, would add them in another grouping
@@ -124,12 +116,18 @@ def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[
     keeps each row's pairs those of plain decoding). Assumes the rows see all of the cache before
     the pass, as a verification pass does.
     """
-    tail = attention_mask[:, 0, :, length - n:length]  # [B, n, n]
-    hidden = (tail <= torch.finfo(tail.dtype).min / 2).to(torch.uint8)
-    order = torch.argsort(hidden, dim=-1, stable=True)
-    if order.shape[0] == 1 and torch.equal(order[0], torch.arange(n, device=order.device).expand(n, n)):
+    visible = visible.reshape(-1, *visible.shape[-2:])  # [B, n, n]
+    n = visible.shape[-1]
+    order = torch.argsort((~visible).to(torch.uint8), dim=-1, stable=True)
+    if torch.equal(order, torch.arange(n, device=order.device).expand_as(order)):
         return None
     return order[:, None, None], torch.argsort(order, dim=-1)[:, None, None]
+
+
+def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`own_keys_first` from an additive attention mask [B, 1, n, >= length] (keys: ``length``)."""
+    tail = attention_mask[:, 0, :, length - n:length]  # [B, n, n]
+    return own_keys_first(tail > torch.finfo(tail.dtype).min / 2)
 
 
 AttentionInterface.register(NAME, grouped_attention)

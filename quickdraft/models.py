@@ -368,7 +368,7 @@ class TargetModel:
                 slots, slot_parents = [0, -1], (0,)
             elif parents is not None:
                 # Lay a tree out so every row is computed as plain decoding computes it (exact_layout:
-                # padding rows and copies of some nodes; the first-child chain first, consecutive).
+                # copies of some nodes; the first-child chain first, consecutive).
                 slots, slot_parents = exact_layout(parents, start)
         ids = torch.tensor([[tokens[node] if 0 <= node < n else tokens[0] for node in slots]],
                            dtype=torch.long, device=self.device)  # [1, slots]
@@ -399,12 +399,17 @@ class TargetModel:
             for slot in reversed(range(total)):
                 if slots[slot] >= 0:
                     rows[slots[slot]] = slot
-            if rows != list(range(n + m)):
+            moved = rows != list(range(n + m))  # else only padding or copies follow the nodes
+            if moved:
                 cache.reorder(start, rows)
             cache.truncate(start + n + m)
-            index = torch.tensor(rows, device=self.device)
-            logits = logits.index_select(0, index)
-            states = None if states is None else states.index_select(0, index)
+            if moved:
+                index = torch.tensor(rows, device=self.device)
+                logits = logits.index_select(0, index)
+                states = None if states is None else states.index_select(0, index)
+            else:  # plain decoding's padded pass lands here: a slice, no copy
+                logits = logits[: n + m]
+                states = None if states is None else states[: n + m]
         logits = logits.float()  # [n + m, V]
         tree_logits = logits[:n]
         states = None if states is None else states[:n]

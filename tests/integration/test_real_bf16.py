@@ -12,7 +12,8 @@ import torch
 from quickdraft.tree import path_to
 
 from quickdraft import methods
-from tests.integration.test_real_model import COMBINED, NEW_TOKENS, PROMPTS, real_method_options  # noqa: F401 (a fixture)
+from tests.integration.test_real_model import (  # noqa: F401 (real_method_options: a fixture)
+    COMBINED, NEW_TOKENS, PROMPTS, assert_method_equals_plain, real_method_options)
 
 pytestmark = pytest.mark.real
 
@@ -96,11 +97,4 @@ def bf16_plain(bf16_engine) -> dict:
 @pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
 def test_method_equals_plain_greedy_in_bfloat16(bf16_engine, bf16_plain, real_method_options, method):
     """Every row of every pass is computed as plain decoding computes it, so every method's answers are equal."""
-    drafted = accepted = 0
-    for prompt in PROMPTS:
-        got = bf16_engine.generate(prompt, method=method, max_new_tokens=NEW_TOKENS,
-                                   options=real_method_options.get(method))
-        assert got.token_ids == bf16_plain[prompt].token_ids, f"{method} diverged on {prompt[:40]!r}"
-        drafted += got.stats.drafted_tokens
-        accepted += got.stats.new_tokens - got.stats.steps
-    assert drafted > 0 and accepted > 0, f"{method} never drafted or never had a draft accepted"
+    assert_method_equals_plain(bf16_engine, bf16_plain, method, real_method_options.get(method))

@@ -42,17 +42,21 @@ def plain_results(real_engine) -> dict:
     return {prompt: real_engine.generate(prompt, method="ar", max_new_tokens=NEW_TOKENS) for prompt in PROMPTS}
 
 
-@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
-def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_options, plain_results, method):
+def assert_method_equals_plain(engine, plain: dict, method: str, options: dict | None) -> None:
+    """Every prompt's answer with ``method`` equals plain greedy's (``plain``), and drafts were accepted."""
     drafted = accepted = 0
     for prompt in PROMPTS:
-        expected = plain_results[prompt]
-        got = real_engine.generate(prompt, method=method, max_new_tokens=NEW_TOKENS, options=real_method_options.get(method))
-        assert got.token_ids == expected.token_ids, f"{method} diverged on {prompt[:40]!r}"
-        assert got.text == expected.text
+        got = engine.generate(prompt, method=method, max_new_tokens=NEW_TOKENS, options=options)
+        assert got.token_ids == plain[prompt].token_ids, f"{method} diverged on {prompt[:40]!r}"
+        assert got.text == plain[prompt].text
         drafted += got.stats.drafted_tokens
         accepted += got.stats.new_tokens - got.stats.steps
     assert drafted > 0 and accepted > 0, f"{method} never drafted or never had a draft accepted"
+
+
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
+def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_options, plain_results, method):
+    assert_method_equals_plain(real_engine, plain_results, method, real_method_options.get(method))
 
 
 def test_default_model_json_metadata(real_engine):
