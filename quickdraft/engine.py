@@ -294,7 +294,7 @@ def decode(
 
     t0 = time.perf_counter()
     if prompt_len > 1:
-        target.forward(list(prompt_ids[:-1]), cache)
+        target.prefill(list(prompt_ids[:-1]), cache)
     stats.prefill_s = time.perf_counter() - t0
 
     while length < capacity:

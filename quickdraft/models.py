@@ -338,10 +338,27 @@ class TargetModel:
         tokens: n token ids. For a tree, ``tokens[0]`` is the root and
         ``parents`` (n - 1 entries) gives each later token's parent node; each
         token then attends to the cache and its own ancestors, at position
-        ``len(cache) + depth``. Returns logits: [n, V] float32. The cache grows
-        by n entries (the caller keeps only what it accepts).
+        ``len(cache) + depth``. Returns logits: [n, V] in the model's dtype
+        (upcast where probabilities are computed: greedy acceptance and top-k
+        need no copy). The cache grows by n entries (the caller keeps only
+        what it accepts).
         """
         return self.forward_full(tokens, cache, parents).logits
+
+    @torch.inference_mode()
+    def prefill(self, tokens: list[int], cache: KVCache) -> None:
+        """Append ``tokens`` to the cache; their logits are not needed, so the output layer runs on the
+        last row only (``logits_to_keep``; over a whole 500-token prompt it would cost about 14 billion
+        multiply-adds and a 50 MB tensor)."""
+        if not tokens:
+            return
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        kwargs: dict = {attention.ORDER_KWARG: None} if self.model.config._attn_implementation == attention.NAME else {}
+        if len(tokens) == 1 and self.pad_single:  # as forward_full: a second, ignored row
+            ids = torch.cat([ids, ids], dim=1)
+        start = len(cache)
+        self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, logits_to_keep=1, **kwargs)
+        cache.truncate(start + len(tokens))
 
     @torch.inference_mode()
     def forward_full(self, tokens: list[int], cache: KVCache, parents: tuple[int, ...] | None = None, *,
@@ -410,7 +427,6 @@ class TargetModel:
             else:  # plain decoding's padded pass lands here: a slice, no copy
                 logits = logits[: n + m]
                 states = None if states is None else states[: n + m]
-        logits = logits.float()  # [n + m, V]
         tree_logits = logits[:n]
         states = None if states is None else states[:n]
         return ForwardOutput(
@@ -422,7 +438,7 @@ class TargetModel:
 
 @dataclass(frozen=True)
 class ForwardOutput:
-    """One target pass: logits [n, V] float32 at the tokens; extra_logits [m, V] at the extra
+    """One target pass: logits [n, V] (the model's dtype) at the tokens; extra_logits [m, V] at the extra
     embeddings (or None); hidden [n, H] the final hidden states (or None; the last entry of
     transformers' ``hidden_states``, which is what the output layer reads)."""
 

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # node budgets to choose among
-PROFILE_VERSION = 4  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes)
+PROFILE_VERSION = 5  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype
 PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
 
 
