@@ -329,8 +329,8 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
 
 
 @main.command()
-@click.option("--kind", type=click.Choice(["ppd", "heads"]), required=True,
-              help="ppd: prompt-token embeddings; heads: Medusa-style heads")
+@click.option("--kind", type=click.Choice(["ppd", "heads", "eagle"]), required=True,
+              help="ppd: prompt-token embeddings; heads: Medusa-style heads; eagle: a one-layer feature drafter")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
 @click.option("--out", required=True, help="the adapter file to write (.safetensors)")
 @click.option("--data", default="builtin", show_default=True,
@@ -338,7 +338,8 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
                    "or .txt (one per line) file")
 @click.option("--steps", type=int, default=400, show_default=True, help="optimizer steps")
 @click.option("--minutes", type=float, default=None, help="stop after this much training time")
-@click.option("--lr", type=float, default=None, help="learning rate [default: 1e-2 for ppd, 2e-3 for heads]")
+@click.option("--lr", type=float, default=None,
+              help="learning rate [default: 1e-2 for ppd, 2e-3 for heads, 1e-3 for eagle]")
 @click.option("--anchors", type=int, default=48, show_default=True, help="positions trained per sequence per step")
 @click.option("--sequences", type=int, default=1, show_default=True, help="sequences per step")
 @click.option("--prompt-tokens", type=int, default=3, show_default=True, help="ppd: prompt tokens (tokens guessed)")
@@ -351,17 +352,22 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 @click.option("--token-input/--no-token-input", default=True, show_default=True,
               help="heads: also read the next (bonus) token's embedding")
+@click.option("--vocab", type=int, default=8192, show_default=True,
+              help="eagle: guesses come from this many of the tokens the model uses most in its answers")
+@click.option("--intermediate", type=int, default=768, show_default=True, help="eagle: MLP width of its layer")
+@click.option("--corpus", multiple=True, help="also train on this text (.txt, or .jsonl as for index build), "
+              "teacher-forced; repeatable")
 @click.option("--init", default=None, help="start from this adapter's parameters (continue training it)")
 @click.option("--fresh", is_flag=True, help="ignore a checkpoint of an earlier run and start over")
 def train(kind, model, out, data, steps, minutes, lr, anchors, sequences, prompt_tokens, heads, rank, answer_tokens,
-          seed, dtype, threads, token_input, init, fresh) -> None:
-    """Train a ppd or heads adapter for a model by self-distillation (resumes from OUT.ckpt)."""
+          seed, dtype, threads, token_input, vocab, intermediate, corpus, init, fresh) -> None:
+    """Train a ppd, heads or eagle adapter for a model by self-distillation (resumes from OUT.ckpt)."""
     from .training import train as run_training
 
     report = run_training(kind=kind, model=model, out=out, data=data, steps=steps, minutes=minutes, fresh=fresh,
                           dtype=dtype, threads=threads, lr=lr, anchors=anchors, sequences=sequences,
                           prompt_tokens=prompt_tokens, heads=heads, rank=rank, max_new_tokens=answer_tokens, seed=seed,
-                          token_input=token_input, init=init)
+                          token_input=token_input, vocab=vocab, intermediate=intermediate, corpus=corpus, init=init)
     for line in report.lines():
         click.echo(line)
 

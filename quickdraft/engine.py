@@ -293,8 +293,10 @@ def decode(
     generator = None if params.greedy else make_generator(params.seed)
 
     t0 = time.perf_counter()
+    hidden = None
     if prompt_len > 1:
-        target.prefill(list(prompt_ids[:-1]), cache)
+        hidden = target.prefill(list(prompt_ids[:-1]), cache, hidden=drafter.wants_hidden)
+    drafter.observe_prompt(tokens[:prompt_len], hidden)
     stats.prefill_s = time.perf_counter() - t0
 
     while length < capacity:

@@ -346,19 +346,22 @@ class TargetModel:
         return self.forward_full(tokens, cache, parents).logits
 
     @torch.inference_mode()
-    def prefill(self, tokens: list[int], cache: KVCache) -> None:
+    def prefill(self, tokens: list[int], cache: KVCache, *, hidden: bool = False) -> torch.Tensor | None:
         """Append ``tokens`` to the cache; their logits are not needed, so the output layer runs on the
         last row only (``logits_to_keep``; over a whole 500-token prompt it would cost about 14 billion
-        multiply-adds and a 50 MB tensor)."""
+        multiply-adds and a 50 MB tensor). hidden: return the final hidden states [n, H] (what the output
+        layer reads) at the tokens."""
         if not tokens:
-            return
+            return None
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
         kwargs: dict = {attention.ORDER_KWARG: None} if self.model.config._attn_implementation == attention.NAME else {}
         if len(tokens) == 1 and self.pad_single:  # as forward_full: a second, ignored row
             ids = torch.cat([ids, ids], dim=1)
         start = len(cache)
-        self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, logits_to_keep=1, **kwargs)
+        out = self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, logits_to_keep=1,
+                         output_hidden_states=hidden, **kwargs)
         cache.truncate(start + len(tokens))
+        return out.hidden_states[-1][0, : len(tokens)] if hidden else None
 
     @torch.inference_mode()
     def forward_full(self, tokens: list[int], cache: KVCache, parents: tuple[int, ...] | None = None, *,

@@ -81,7 +81,7 @@ def tiny_bf16_engine(tiny_dir):
 def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
     """Options a method needs on the tiny model, by method name (the lossless suite passes them).
 
-    ``ppd`` and ``heads`` need an adapter made for the tiny model: an untrained
+    ``ppd``, ``heads`` and ``eagle`` need an adapter made for the tiny model: an untrained
     one will do, since losslessness never depends on the drafter's guesses.
     """
     from quickdraft.adapters import save_adapter
@@ -89,7 +89,7 @@ def tiny_method_options(tiny_engine, tiny_draft_dir, tmp_path_factory) -> dict:
 
     folder = tmp_path_factory.mktemp("tiny-adapters")
     options: dict = {}
-    for kind in ("ppd", "heads"):
+    for kind in ("ppd", "heads", "eagle"):
         path = folder / f"{kind}.safetensors"
         save_adapter(path, untrained_adapter(tiny_engine.target, kind))
         options[kind] = {"adapter": str(path)}

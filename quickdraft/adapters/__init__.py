@@ -1,9 +1,9 @@
 """Trained drafter weights ("adapters"): safetensors files that name the model they fit.
 
 An adapter file holds a drafter's few trained tensors (PPD's prompt-token
-embeddings, Medusa-style heads) plus string metadata:
+embeddings, Medusa-style heads, an EAGLE-style layer) plus string metadata:
 
-* ``quickdraft.kind``: ``ppd`` or ``heads``;
+* ``quickdraft.kind``: ``ppd``, ``heads`` or ``eagle``;
 * ``quickdraft.model`` and ``quickdraft.model_sha256``: the model it was trained
   for, by display name and by the SHA-256 of the model's source file (the GGUF
   file; for a Hugging Face directory, its config and weights);

@@ -15,6 +15,7 @@ from . import swift as _swift  # noqa: F401  (registers "swift")
 from . import early_exit as _early_exit  # noqa: F401  (registers "early-exit")
 from . import ppd as _ppd  # noqa: F401  (registers "ppd")
 from . import heads as _heads  # noqa: F401  (registers "heads")
+from . import eagle as _eagle  # noqa: F401  (registers "eagle")
 from . import auto as _auto  # noqa: F401  (registers "auto")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation

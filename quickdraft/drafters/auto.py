@@ -43,8 +43,8 @@ them as any draft. A draft that merges several sources is deterministic
 (one-hot for speculative sampling, always valid); a single source's draft, or
 the start of its chain, keeps its draft probabilities.
 
-Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, heads
-when an adapter for the model is given or shipped, plus rest with a
+Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, and
+heads and eagle when an adapter for the model is given or shipped, plus rest with a
 ``datastore`` and draft with a ``draft_model``; lookahead, swift and
 early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
 gate already charges what the predictions miss), ``probe_share`` (0.02). Not
@@ -91,8 +91,8 @@ class SourceSpec:
         path, as in a combined method (cheaper: fewer logits rows to read).
     signal: its statistics are split by the prompt-lookup match length.
     sized: it honours ``DraftContext.nodes``.
-    primes: it drafts from the previous step's outcome (heads: guesses from
-        the last accepted hidden state), and observing is its costly part. It
+    primes: it drafts from the previous step's outcome (heads, eagle: guesses
+        from the last accepted hidden states), and observing is its costly part. It
         observes a step only when it will be asked at the next one (that
         time counts as its drafting time); otherwise it is reset.
     needs: a user option without which it is left out by default
@@ -119,6 +119,7 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec("rest", needs="datastore"),
         SourceSpec("draft", sized=False, needs="draft_model"),
         SourceSpec("heads", sees_all=True, primes=True, needs="adapter"),
+        SourceSpec("eagle", sees_all=True, primes=True, needs="adapter"),
         SourceSpec("swift", sized=False, needs="sources"),  # opt-in: self-speculation costs much of a pass
         SourceSpec("early-exit", sized=False, needs="sources"),
     )
@@ -306,6 +307,10 @@ class Auto(Drafter):
     def explain(self) -> dict[str, dict[str, int]]:
         """This request's choices: per source, steps it drafted for, nodes verified, tokens accepted."""
         return {name: dict(entry) for name, entry in self._report.items()}
+
+    def observe_prompt(self, tokens, hidden) -> None:
+        for src in self.sources:
+            src.drafter.observe_prompt(tokens, hidden if getattr(src.drafter, "wants_hidden", False) else None)
 
     # ------------------------------------------------------------- propose
 

@@ -129,6 +129,11 @@ class Drafter:
     def observe(self, outcome: StepOutcome) -> None:
         return None
 
+    def observe_prompt(self, tokens: np.ndarray, hidden: torch.Tensor | None) -> None:
+        """The prompt was prefilled: ``tokens`` [P] the whole prompt; ``hidden`` [P - 1, H] the target's final
+        hidden states at all but its last token (the first step's root), or None unless ``wants_hidden``."""
+        return None
+
     def reset(self) -> None:
         """Forget per-request state before a new generation (learned statistics may stay)."""
         return None

@@ -214,6 +214,10 @@ class Combined(Drafter):
         self._pending = list(zip(drafts, maps, extras))
         return merged
 
+    def observe_prompt(self, tokens, hidden) -> None:
+        for _, drafter in self.parts:
+            drafter.observe_prompt(tokens, hidden if getattr(drafter, "wants_hidden", False) else None)
+
     def observe(self, outcome: StepOutcome) -> None:
         if self._pending is None:
             return

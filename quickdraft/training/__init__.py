@@ -1,4 +1,4 @@
-"""``quickdraft train``: fit a ``ppd`` or ``heads`` adapter to a frozen model on this machine.
+"""``quickdraft train``: fit a ``ppd``, ``heads`` or ``eagle`` adapter to a frozen model on this machine.
 
 Steps: (1) the model answers a prompt set greedily (cached, see :mod:`.data`);
 (2) the drafter's few parameters are fitted to the model's own next-token
@@ -28,12 +28,13 @@ import torch
 
 from ..adapters import Adapter, model_sha256, read_adapter, save_adapter
 from ..errors import QuickdraftError
-from .data import Dataset, Sequence, build_dataset, read_prompts
-from .objectives import Accuracy, HeadsObjective, PPDObjective, anchor_range, evaluate
+from .data import Dataset, Sequence, build_dataset, corpus_sequences, read_prompts
+from .objectives import Accuracy, EagleObjective, HeadsObjective, PPDObjective, anchor_range, evaluate
 
 log = logging.getLogger(__name__)
 
-KINDS = ("ppd", "heads")
+KINDS = ("ppd", "heads", "eagle")
+DEFAULT_LR = {"ppd": 1e-2, "heads": 2e-3, "eagle": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -42,30 +43,34 @@ class TrainConfig:
 
     kind: str
     steps: int = 400
-    lr: float | None = None  # None: 1e-2 for ppd, 2e-3 for heads
+    lr: float | None = None  # None: DEFAULT_LR of the kind
     anchors: int = 48  # anchors per sequence per step
     sequences: int = 1  # sequences per step (heads: more, the steps are cheap)
     prompt_tokens: int = 3  # ppd
     heads: int = 3  # heads
     rank: int = 128  # heads
     token_input: bool = True  # heads: also read the next token (the bonus token at decoding time)
+    vocab: int = 8192  # eagle: guesses come from this many of the tokens most used in the training answers
+    intermediate: int = 768  # eagle: MLP width of its decoder layer
     warmup: int = 20
     seed: int = 0
     max_new_tokens: int = 160  # length of the model's answers in the training data
     data: str = "builtin"
     init: str | None = None  # start from this adapter's parameters (continue training it)
+    corpus: tuple[str, ...] = ()  # text files whose sequences join the model's answers (teacher-forced)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise QuickdraftError(f"unknown adapter kind {self.kind!r}; choose {' or '.join(KINDS)}")
-        for name in ("steps", "anchors", "sequences", "prompt_tokens", "heads", "rank", "max_new_tokens"):
+        for name in ("steps", "anchors", "sequences", "prompt_tokens", "heads", "rank", "max_new_tokens", "vocab",
+                     "intermediate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise QuickdraftError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (1e-2 if self.kind == "ppd" else 2e-3)
+        return self.lr if self.lr is not None else DEFAULT_LR[self.kind]
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -93,9 +98,15 @@ class TrainReport:
         return rows
 
 
-def make_objective(config: TrainConfig, model):
+def make_objective(config: TrainConfig, model, sequences: list[Sequence] | None = None,
+                   extra: list[Sequence] | None = None):
+    """The kind's objective; the training data pick the eagle drafter's vocabulary (the model's answers'
+    tokens first, then the corpus's)."""
     if config.kind == "ppd":
         return PPDObjective(model, prompt_tokens=config.prompt_tokens, seed=config.seed)
+    if config.kind == "eagle":
+        return EagleObjective(model, sequences=sequences, extra=extra, vocab=config.vocab,
+                              intermediate=config.intermediate, seed=config.seed)
     return HeadsObjective(model, heads=config.heads, rank=config.rank, token_input=config.token_input,
                           seed=config.seed)
 
@@ -175,6 +186,8 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     from ..engine import load
     from ..models import cache_dir
 
+    if "corpus" in hparams:
+        hparams["corpus"] = tuple(str(p) for p in hparams["corpus"] or ())
     config = TrainConfig(kind=kind, steps=steps, data=data, **hparams)
     if minutes is not None and minutes <= 0:
         raise QuickdraftError(f"minutes must be positive, got {minutes}")
@@ -189,8 +202,9 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
 
     dataset = build_dataset(engine, prompts, model_sha256=sha, max_new_tokens=config.max_new_tokens,
                             cache=data_cache or cache_dir() / "train")
-    objective = make_objective(config, target.model)
-    trainable = [s for s in dataset.train if len(anchor_range(s, objective.depth)) > 0]
+    extra = corpus_sequences(list(config.corpus), target.tokenizer)
+    objective = make_objective(config, target.model, dataset.train, extra)
+    trainable = [s for s in dataset.train + extra if len(anchor_range(s, objective.depth)) > 0]
     if not trainable:
         raise QuickdraftError("no training sequence is long enough; use longer answers (max-new-tokens)")
     optimizer = torch.optim.AdamW(objective.parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -211,7 +225,7 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
         log.info("starting from %s", config.init)
     resumed_from = step
     log.info("training %s on %d sequences (%d tokens), %d held out; %d parameters",
-             kind, len(trainable), dataset.tokens, len(dataset.held_out),
+             kind, len(trainable), dataset.tokens + sum(len(s.ids) for s in extra), len(dataset.held_out),
              sum(p.numel() for p in objective.parameters()))
 
     deadline = None if minutes is None else minutes * 60.0
@@ -248,7 +262,7 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
                          last_loss=float(np.mean(losses[-window:])), accuracy=accuracy,
                          resumed_from=resumed_from, losses=losses)
     info = {"steps": step, "train_minutes": round(train_s / 60, 2), "data": data, "config": json.loads(config.key()),
-            "train_sequences": len(trainable), "train_tokens": dataset.tokens,
+            "train_sequences": len(trainable), "train_tokens": dataset.tokens + sum(len(s.ids) for s in extra),
             "held_out_sequences": len(dataset.held_out), "loss_first": round(report.first_loss, 4),
             "loss_last": round(report.last_loss, 4), "held_out_accuracy": accuracy.to_dict(),
             "dtype": str(target.dtype).replace("torch.", "")}
@@ -256,10 +270,16 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
         info["init"] = {"path": config.init, **{k: start.info[k] for k in ("steps", "train_minutes", "config", "init")
                                                 if k in start.info}}
     save_adapter(out, Adapter(kind=kind, model=target.name, model_sha256=sha, hparams=objective.hparams,
-                              tensors={k: v.to(torch.float16 if kind == "heads" else torch.float32)
-                                       for k, v in objective.tensors().items()}, info=info))
+                              tensors={k: _stored(kind, v) for k, v in objective.tensors().items()}, info=info))
     ckpt.unlink(missing_ok=True)
     return report
+
+
+def _stored(kind: str, tensor: torch.Tensor) -> torch.Tensor:
+    """As the adapter file keeps it: ppd's few embeddings in float32, other kinds' weights in float16, ids as they are."""
+    if not tensor.is_floating_point():
+        return tensor
+    return tensor.to(torch.float32 if kind == "ppd" else torch.float16)
 
 
 class _Progress:

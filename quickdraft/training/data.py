@@ -133,3 +133,25 @@ def generate_answers(engine, prompts: list[str], *, max_new_tokens: int, batch_s
             out[i] = Sequence(tuple(encoded[i]) + tuple(answer), len(encoded[i]))
         log.info("generated answers %d/%d", min(start + batch_size, len(order)), len(order))
     return [out[i] for i in range(len(prompts))]
+
+
+def corpus_sequences(paths: list[str], tokenizer, *, length: int = 256, minimum: int = 16) -> list[Sequence]:
+    """Plain text (or JSONL, as ``quickdraft index build`` reads it) cut into sequences of ``length`` tokens.
+
+    Extra training text for teacher-forced objectives: the drafter learns the
+    frozen model's distributions on it (prompt_len 0: every position counts).
+    EAGLE trains on fixed text this way; it widens what a drafter has seen far
+    beyond the model's answers to a few hundred prompts, at the cost of one
+    forward pass per sequence.
+    """
+    from ..datastore import read_documents
+
+    out: list[Sequence] = []
+    for path in paths:
+        for text in read_documents(path):
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            out += [Sequence(tuple(ids[i: i + length]), 0) for i in range(0, len(ids), length)
+                    if len(ids[i: i + length]) >= minimum]
+    if paths and not out:
+        raise QuickdraftError(f"the training corpus {', '.join(paths)} holds no text")
+    return out

@@ -233,3 +233,125 @@ def evaluate(objective, sequences: list[Sequence], *, k: int = 5, chunk: int = 6
     if total == 0:
         return Accuracy([0.0] * depth, [0.0] * depth, k, 0)
     return Accuracy(list(hit1 / total), list(hitk / total), k, total)
+
+
+def frequent_tokens(sequences: list[Sequence], limit: int, vocab_size: int) -> torch.Tensor:
+    """[<= limit] the token ids used most in ``sequences`` (the eagle drafter's vocabulary), most used first.
+
+    >>> frequent_tokens([Sequence(ids=(5, 5, 7, 2, 5, 7), prompt_len=1)], limit=2, vocab_size=10).tolist()
+    [5, 7]
+    """
+    counts = np.bincount(np.concatenate([np.asarray(s.ids, dtype=np.int64) for s in sequences]), minlength=vocab_size)
+    order = np.argsort(-counts, kind="stable")
+    used = order[counts[order] > 0][:limit]
+    return torch.from_numpy(np.ascontiguousarray(used))
+
+
+class EagleObjective:
+    """Trains an EAGLE-style feature drafter (:mod:`quickdraft.drafters.eagle`) on the frozen model's hidden states.
+
+    At every position i the drafter reads the target's final hidden state f_i
+    and the next token's embedding and predicts f_{i+1} (attending to the
+    positions before, the prompt's too, as in decoding); at the answer's
+    positions (from the prompt's last token on) the loss is the soft cross-entropy
+    of the output layer (restricted to the drafter's vocabulary) at the
+    predicted feature against the target's own distribution there, plus a
+    smooth-L1 term pulling the feature itself towards f_{i+1} (EAGLE's
+    regression loss). Inputs get a little Gaussian noise, so the drafter
+    tolerates its own imperfect features when it rolls out several tokens.
+    """
+
+    kind = "eagle"
+
+    def __init__(self, model, *, sequences: list[Sequence] | None = None, extra: list[Sequence] | None = None,
+                 vocab: int = 8192,
+                 intermediate: int = 768, depth: int = 3, noise: float = 0.05, seed: int = 0) -> None:
+        from ..drafters.eagle import FeatureDrafter
+
+        self.model = model
+        torch.manual_seed(seed)
+        lm = model.get_output_embeddings().weight.detach()  # [V, H]
+        if sequences or extra:  # the model's own answers' tokens first, then the extra text's
+            chosen = frequent_tokens(sequences or [], vocab, lm.shape[0]) if sequences else torch.empty(0, dtype=torch.long)
+            if extra and len(chosen) < vocab:
+                more = frequent_tokens(extra, vocab, lm.shape[0])
+                more = more[~torch.isin(more, chosen)][: vocab - len(chosen)]
+                chosen = torch.cat([chosen, more])
+        else:  # no data (an untrained adapter for tests): the first ids
+            chosen = torch.arange(min(vocab, lm.shape[0]))
+        self.drafter = FeatureDrafter(model.config, intermediate=intermediate, vocab=chosen)
+        self.embed = model.get_input_embeddings()  # the module, as decoding embeds (some models scale it)
+        self.head = lm[chosen].contiguous()  # [V', H] in the model's dtype
+        self.depth, self.noise = depth, noise
+        self._hidden: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @property
+    def hparams(self) -> dict:
+        return {"intermediate": self.drafter.intermediate, "vocab": int(self.drafter.vocab.numel())}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.drafter.parameters() if p.requires_grad]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.drafter.trained_tensors().items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, param in self.drafter.trained_tensors().items():
+                if name == "vocab":
+                    if not torch.equal(tensors[name].long(), param):
+                        raise ValueError("the adapter's vocabulary differs from this run's")
+                    continue
+                param.copy_(tensors[name])
+
+    @torch.no_grad()
+    def hidden(self, seq: Sequence) -> torch.Tensor:
+        """[T, H] in the model's dtype: the final hidden state at every position, cached."""
+        if seq.ids not in self._hidden:
+            ids = torch.tensor([seq.ids], device=self.model.device)
+            self._hidden[seq.ids] = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        return self._hidden[seq.ids]
+
+    def _inputs(self, seq: Sequence, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(features, next embeddings, positions) of the entries at positions 0 .. T - 2."""
+        ids = torch.tensor(seq.ids, device=hidden.device)
+        features = hidden[:-1].float()[None]  # [1, T - 1, H]
+        with torch.no_grad():
+            following = self.embed(ids[1:]).float()[None]  # [1, T - 1, H]
+        positions = torch.arange(0, len(seq.ids) - 1, device=hidden.device)[None]
+        return features, following, positions
+
+    def loss(self, batch: list[tuple[Sequence, torch.Tensor]]) -> torch.Tensor:
+        losses = []
+        for seq, anchors in batch:  # every answer position counts (one pass of one layer computes them all)
+            hidden = self.hidden(seq)
+            features, following, positions = self._inputs(seq, hidden)
+            if self.noise:  # drawn from the batch (a pure function of seed and step), so a resumed run is the same
+                generator = torch.Generator().manual_seed(int(anchors.sum()) * 1_000_003 + len(seq.ids))
+                noise = torch.randn(features.shape, generator=generator).to(features.device)
+                features = features + noise * self.noise * features.std()
+            first = max(seq.prompt_len - 1, 0)  # the loss is on the answer's positions
+            predicted = self.drafter(features, following, positions)[0, first:]  # [n, H]: f_{i+1}
+            wanted = hidden[first + 1:].float()  # [n, H]
+            student = nn.functional.linear(predicted.to(self.head.dtype), self.head)  # [n, V']
+            with torch.no_grad():
+                teacher = nn.functional.linear(wanted.to(self.head.dtype), self.head)
+            losses.append(soft_cross_entropy(student, teacher) + nn.functional.smooth_l1_loss(predicted, wanted))
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def predict(self, seq: Sequence, anchors: torch.Tensor) -> torch.Tensor:
+        """[A, D, V] logits (full vocabulary, -inf outside the drafter's): rolled out from each anchor as decoding does."""
+        from ..drafters.eagle import rollout
+
+        hidden = self.hidden(seq)
+        features, following, positions = self._inputs(seq, hidden)
+        head = self.head.float()
+        out = torch.full((len(anchors), self.depth, self.embed.weight.shape[0]), float("-inf"))
+        for row, anchor in enumerate(anchors.tolist()):
+            cache = DynamicCache()
+            n = anchor + 1  # entries up to the anchor
+            last = self.drafter(features[:, :n], following[:, :n], positions[:, :n], cache=cache)[:, -1:]
+            logits = rollout(self.drafter, self.embed, head, last, cache, anchor + 1, self.depth)  # [D, V']
+            out[row][:, self.drafter.vocab] = logits
+        return out

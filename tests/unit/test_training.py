@@ -29,7 +29,7 @@ def run(tiny_engine, workdir, kind, out, **kwargs):
                  data_cache=workdir / "cache", **options)
 
 
-@pytest.mark.parametrize("kind, lr", [("ppd", 0.05), ("heads", 0.01)])
+@pytest.mark.parametrize("kind, lr", [("ppd", 0.05), ("heads", 0.01), ("eagle", 0.01)])
 def test_short_training_lowers_the_loss_and_writes_an_adapter(tiny_engine, workdir, tmp_path, kind, lr):
     out = tmp_path / f"{kind}.safetensors"
     report = run(tiny_engine, workdir, kind, out, lr=lr, steps=16)
@@ -50,7 +50,7 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("kind", ["ppd", "heads"])
+@pytest.mark.parametrize("kind", ["ppd", "heads", "eagle"])
 def test_an_interrupted_run_resumes_where_it_stopped(tiny_engine, workdir, tmp_path, kind):
     whole = tmp_path / "whole.safetensors"
     run(tiny_engine, workdir, kind, whole, steps=8)
@@ -87,8 +87,25 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(tiny_engine, workdir, t
     assert run(tiny_engine, workdir, "ppd", out, steps=3, anchors=5, fresh=True).resumed_from == 0
 
 
+def test_a_corpus_joins_the_answers_and_its_tokens_fill_the_vocabulary(tiny_engine, workdir, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("zebra quartz jukebox " * 40)
+    out = tmp_path / "e.safetensors"
+    plain = run(tiny_engine, workdir, "eagle", tmp_path / "plain.safetensors", steps=2)
+    report = run(tiny_engine, workdir, "eagle", out, steps=2, corpus=[str(corpus)])
+    with_corpus = read_adapter(out)
+    assert with_corpus.info["train_tokens"] > read_adapter(plain.out).info["train_tokens"]
+    assert with_corpus.info["config"]["corpus"] == [str(corpus)] and report.steps == 2
+    answers_vocab = read_adapter(plain.out).tensors["vocab"].tolist()
+    vocab = with_corpus.tensors["vocab"].tolist()
+    assert vocab[: len(answers_vocab)] == answers_vocab  # the model's own answers' tokens first
+    extra = set(tiny_engine.tokenizer.encode("zebra quartz jukebox", add_special_tokens=False))
+    assert extra <= set(vocab)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(kind="medusa"), "unknown adapter kind"),
+    (dict(kind="ppd", corpus=["/nonexistent/corpus.txt"]), "does not exist"),
     (dict(kind="ppd", steps=0), "steps must be a positive integer"),
     (dict(kind="ppd", out="x.bin"), "must end in .safetensors"),
     (dict(kind="ppd", minutes=0), "minutes must be positive"),

@@ -1,0 +1,84 @@
+"""eagle on the tiny model: decoding rolls out exactly what training evaluates; state and adapters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quickdraft import QuickdraftError
+from quickdraft.adapters import Adapter, save_adapter
+from quickdraft.drafters import Draft, DraftContext, StepOutcome
+from quickdraft.drafters.eagle import EagleDrafter, build_eagle
+from quickdraft.training import untrained_adapter
+from quickdraft.training.data import Sequence
+from quickdraft.training.objectives import EagleObjective, frequent_tokens
+
+
+@pytest.fixture(scope="module")
+def target(tiny_engine):
+    return tiny_engine.target
+
+
+def test_the_vocabulary_is_the_most_used_tokens():
+    seqs = [Sequence(ids=(3, 3, 3, 9, 9, 1), prompt_len=2), Sequence(ids=(9, 4), prompt_len=1)]
+    assert frequent_tokens(seqs, limit=3, vocab_size=16).tolist() == [3, 9, 1]
+    assert frequent_tokens(seqs, limit=10, vocab_size=16).tolist() == [3, 9, 1, 4]  # only tokens seen
+
+
+def test_decoding_guesses_what_training_evaluates(target):
+    """The drafter, fed the verified steps of a sequence, guesses the tokens the objective's rollout predicts."""
+    ids = torch.randint(0, target.vocab_size, (24,), generator=torch.Generator().manual_seed(1))
+    seq = Sequence(ids=tuple(ids.tolist()), prompt_len=6)
+    objective = EagleObjective(target.model, sequences=[seq], vocab=40, intermediate=16, depth=3)
+    with torch.no_grad():  # a random drafter whose guesses are not all alike
+        for p in objective.drafter.parameters():
+            p.normal_(0.0, 0.3)
+    hidden = objective.hidden(seq).float()  # [T, H]
+    embed = objective.embed
+    prompt = seq.prompt_len
+    for anchor in (5, 9, 14):
+        want = objective.predict(seq, torch.tensor([prompt - 2, anchor])).argmax(-1).tolist()  # [2, D]: +2..+4
+        drafter = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, nodes=3)
+        drafter.observe_prompt(torch.tensor(seq.ids[:prompt]).numpy(), hidden[: prompt - 1])  # as after the prefill
+        context = DraftContext(tokens=torch.tensor(seq.ids[:prompt]).numpy(), prompt_len=prompt, budget=8)
+        draft = drafter.propose(context)  # the first step drafts from the prompt's features
+        assert draft.tokens == tuple(want[0]) and draft.parents == (0, 1, 2)  # top-1 chain of depth 3
+        # one verified step: the root (the prompt's last token) and a path up to the anchor, then the bonus token
+        root = prompt - 1
+        path = tuple(range(1, anchor - root + 1))
+        nodes = [root, *range(root + 1, anchor + 1)]
+        drafter.observe(StepOutcome(draft=Draft(tokens=seq.ids[root + 1: anchor + 1]), path=path,
+                                    tokens=seq.ids[root + 1: anchor + 2], target_logits=torch.zeros(len(nodes), 4),
+                                    target_hidden=hidden[nodes]))
+        context = DraftContext(tokens=torch.tensor(seq.ids[: anchor + 2]).numpy(), prompt_len=prompt, budget=8)
+        assert drafter.propose(context).tokens == tuple(want[1])
+
+
+def test_a_context_it_did_not_follow_starts_over(target, tmp_path):
+    path = tmp_path / "eagle.safetensors"
+    save_adapter(path, untrained_adapter(target, "eagle", vocab=32, intermediate=8))
+    drafter = build_eagle(target, {"adapter": str(path), "nodes": 4})
+    hidden = torch.randn(2, target.model.config.hidden_size).to(target.dtype)
+    assert drafter.propose(DraftContext(tokens=torch.arange(5).numpy(), prompt_len=3, budget=8)).tokens == ()
+    drafter.observe(StepOutcome(draft=Draft(tokens=(7,)), path=(1,), tokens=(7, 8), target_logits=torch.zeros(2, 4),
+                                target_hidden=hidden))
+    assert len(drafter.propose(DraftContext(tokens=torch.arange(7).numpy(), prompt_len=3, budget=8))) == 4
+    drafter.observe(StepOutcome(draft=Draft(), path=(), tokens=(2,), target_logits=torch.zeros(1, 4),
+                                target_hidden=hidden[:1]))
+    # the tokens are not those it followed (two more than it observed): no guess, a fresh start
+    assert drafter.propose(DraftContext(tokens=torch.arange(10).numpy(), prompt_len=3, budget=8)).tokens == ()
+
+
+def test_broken_eagle_adapters_are_clear_errors(target, tmp_path):
+    good = untrained_adapter(target, "eagle", vocab=32, intermediate=8)
+    cases = {
+        "lacks": ({k: v for k, v in good.tensors.items() if k != "fc.weight"}, good.hparams, "lacks"),
+        "shape": (good.tensors, {**good.hparams, "intermediate": 9}, "has shape"),
+        "vocab": ({**good.tensors, "vocab": torch.tensor([0, target.vocab_size])}, good.hparams, "vocabulary"),
+    }
+    for name, (tensors, hparams, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_adapter(path, Adapter(kind="eagle", model=good.model, model_sha256=good.model_sha256, hparams=hparams,
+                                   tensors=tensors))
+        with pytest.raises(QuickdraftError, match=message):
+            build_eagle(target, {"adapter": str(path)})
