@@ -128,7 +128,7 @@ class EagleDrafter(Drafter):
 
     wants_hidden = True
 
-    def __init__(self, drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, *, depth: int = 4,
+    def __init__(self, drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, *, depth: int = 3,
                  topk: int = 4, nodes: int | None = 10, budget: AdaptiveNodeBudget | None = None) -> None:
         if depth < 1 or topk < 1 or (nodes is None and budget is None) or (nodes is not None and nodes < 0):
             raise ValueError(f"need depth >= 1, topk >= 1 and nodes >= 0 (or a budget); got {depth}, {topk}, {nodes}")

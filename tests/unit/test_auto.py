@@ -301,8 +301,9 @@ def test_memory_is_bounded():
 
 
 def test_source_names_and_bad_options():
-    assert source_names({})[0] == ["pld-tree", "recycle", "ngram", "heads", "eagle"]  # heads, eagle: if an adapter is found
-    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest", "heads", "eagle"]
+    assert source_names({})[0] == ["pld-tree", "recycle", "ngram", "heads"]  # heads: if an adapter is found
+    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest", "heads"]
+    assert source_names({"sources": "ngram,eagle"}) == (["ngram", "eagle"], True)  # eagle: when listed
     assert source_names({"sources": "recycle, ngram"}) == (["recycle", "ngram"], True)
     with pytest.raises(QuickdraftError, match="unknown source 'bogus'"):
         source_names({"sources": "pld-tree,bogus"})
