@@ -295,7 +295,7 @@ def decode(
     t0 = time.perf_counter()
     hidden = None
     if prompt_len > 1:
-        hidden = target.prefill(list(prompt_ids[:-1]), cache, hidden=drafter.wants_hidden)
+        hidden = target.prefill(list(prompt_ids[:-1]), cache, hidden=drafter.wants_prompt_hidden)
     drafter.observe_prompt(tokens[:prompt_len], hidden)
     stats.prefill_s = time.perf_counter() - t0
 

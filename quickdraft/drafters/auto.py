@@ -289,6 +289,10 @@ class Auto(Drafter):
     def wants_hidden(self) -> bool:  # type: ignore[override]
         return any(getattr(src.drafter, "wants_hidden", False) for src in self.sources)
 
+    @property
+    def wants_prompt_hidden(self) -> bool:  # type: ignore[override]
+        return any(getattr(src.drafter, "wants_prompt_hidden", False) for src in self.sources)
+
     def _empty_report(self) -> dict[str, dict[str, int]]:
         return {name: {"chosen": 0, "nodes": 0, "accepted": 0} for name in ["plain", *(s.name for s in self.sources)]}
 
@@ -310,7 +314,7 @@ class Auto(Drafter):
 
     def observe_prompt(self, tokens, hidden) -> None:
         for src in self.sources:
-            src.drafter.observe_prompt(tokens, hidden if getattr(src.drafter, "wants_hidden", False) else None)
+            src.drafter.observe_prompt(tokens, hidden if getattr(src.drafter, "wants_prompt_hidden", False) else None)
 
     # ------------------------------------------------------------- propose
 

@@ -119,9 +119,12 @@ class Drafter:
     """Base class: proposes nothing and learns nothing (that is plain decoding).
 
     wants_hidden: set True to receive ``StepOutcome.target_hidden`` (costs a little memory per step).
+    wants_prompt_hidden: set True to receive the prompt's hidden states in ``observe_prompt`` (the
+        prefill then keeps every layer's output for a moment: memory in proportion to the prompt).
     """
 
     wants_hidden: bool = False
+    wants_prompt_hidden: bool = False
 
     def propose(self, context: DraftContext) -> Draft:
         return EMPTY_DRAFT
@@ -131,7 +134,7 @@ class Drafter:
 
     def observe_prompt(self, tokens: np.ndarray, hidden: torch.Tensor | None) -> None:
         """The prompt was prefilled: ``tokens`` [P] the whole prompt; ``hidden`` [P - 1, H] the target's final
-        hidden states at all but its last token (the first step's root), or None unless ``wants_hidden``."""
+        hidden states at all but its last token (the first step's root), or None unless ``wants_prompt_hidden``."""
         return None
 
     def reset(self) -> None:

@@ -198,6 +198,10 @@ class Combined(Drafter):
     def wants_hidden(self) -> bool:  # type: ignore[override]
         return any(getattr(drafter, "wants_hidden", False) for _, drafter in self.parts)
 
+    @property
+    def wants_prompt_hidden(self) -> bool:  # type: ignore[override]
+        return any(getattr(drafter, "wants_prompt_hidden", False) for _, drafter in self.parts)
+
     def propose(self, context: DraftContext) -> Draft:
         size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         if context.nodes is not None:
@@ -216,7 +220,7 @@ class Combined(Drafter):
 
     def observe_prompt(self, tokens, hidden) -> None:
         for _, drafter in self.parts:
-            drafter.observe_prompt(tokens, hidden if getattr(drafter, "wants_hidden", False) else None)
+            drafter.observe_prompt(tokens, hidden if getattr(drafter, "wants_prompt_hidden", False) else None)
 
     def observe(self, outcome: StepOutcome) -> None:
         if self._pending is None:

@@ -127,6 +127,7 @@ class EagleDrafter(Drafter):
     """
 
     wants_hidden = True
+    wants_prompt_hidden = True
 
     def __init__(self, drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, *, depth: int = 3,
                  topk: int = 4, nodes: int | None = 10, budget: AdaptiveNodeBudget | None = None) -> None:

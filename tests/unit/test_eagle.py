@@ -82,3 +82,15 @@ def test_broken_eagle_adapters_are_clear_errors(target, tmp_path):
                                    tensors=tensors))
         with pytest.raises(QuickdraftError, match=message):
             build_eagle(target, {"adapter": str(path)})
+
+
+def test_only_drafters_that_read_the_prompt_get_its_hidden_states(tiny_engine, tiny_method_options):
+    both = {**tiny_method_options["eagle"]}
+    assert tiny_engine.drafter("eagle", both).wants_prompt_hidden
+    assert tiny_engine.drafter("ngram+eagle", both).wants_prompt_hidden  # a combination passes it on
+    assert not tiny_engine.drafter("heads", tiny_method_options["heads"]).wants_prompt_hidden  # no prefill cost
+    assert not tiny_engine.drafter("auto").wants_prompt_hidden  # eagle is not a default source
+    # with the prompt's features, eagle drafts at the very first step (one step: nothing learned from decoding yet)
+    result = tiny_engine.generate("abc abc abc", method="eagle", chat=False, max_new_tokens=3,
+                                  options={**both, "nodes": 2})
+    assert result.stats.steps >= 1 and result.stats.drafted_tokens >= 2
