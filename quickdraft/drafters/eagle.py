@@ -41,9 +41,9 @@ from transformers import AutoModel, DynamicCache
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
-from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
+from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
-from .topk_tree import Guesses, best_first_tree
+from .topk_tree import Guesses, GuessTreeDrafter
 
 KIND = "eagle"
 
@@ -102,8 +102,7 @@ class FeatureDrafter(nn.Module):
     def from_tensors(config, tensors: dict[str, torch.Tensor], hparams: dict) -> FeatureDrafter:
         if "vocab" not in tensors or "fc.weight" not in tensors:
             raise QuickdraftError("eagle adapter lacks its 'vocab' or 'fc.weight' tensor")
-        drafter = FeatureDrafter(config, intermediate=int(hparams.get("intermediate", 0) or 1),
-                                 vocab=tensors["vocab"], attn_implementation="sdpa")
+        drafter = FeatureDrafter(config, intermediate=int(hparams.get("intermediate", 0) or 1), vocab=tensors["vocab"])
         own = {name: p for name, p in drafter.named_parameters() if "embed_tokens" not in name}
         missing = sorted(set(own) - set(tensors))
         if missing:
@@ -117,7 +116,7 @@ class FeatureDrafter(nn.Module):
         return drafter
 
 
-class EagleDrafter(Drafter):
+class EagleDrafter(GuessTreeDrafter):
     """Drafts trees from feature-level rollouts; see the module docstring.
 
     drafter: the trained :class:`FeatureDrafter` (on the target's device and
@@ -133,29 +132,22 @@ class EagleDrafter(Drafter):
                  topk: int = 4, nodes: int | None = 10, budget: AdaptiveNodeBudget | None = None) -> None:
         if depth < 1 or topk < 1 or (nodes is None and budget is None) or (nodes is not None and nodes < 0):
             raise ValueError(f"need depth >= 1, topk >= 1 and nodes >= 0 (or a budget); got {depth}, {topk}, {nodes}")
+        super().__init__(nodes=nodes, budget=budget)
         self.drafter, self.embed, self.head = drafter, embed, head
         self.depth, self.topk = depth, topk
-        self.nodes, self.budget = nodes, (budget if nodes is None else None)
         self.reset()
 
     def reset(self) -> None:
+        super().reset()
         self._cache = DynamicCache()  # entry i: the target's feature at position i and the token after it
-        self._guesses: Guesses | None = None
         self._next_root = -1  # the position of the next step's root, where the guesses apply
         self._root = -1  # the position of this step's root (set by propose)
-        self._size = 0
 
     def propose(self, context: DraftContext) -> Draft:
         self._root = len(context.tokens) - 1
-        if self._guesses is None or self._root != self._next_root or context.budget <= 0:
-            if self._root != self._next_root:  # not the tokens it followed: start over from here
-                self._cache, self._guesses = DynamicCache(), None
-            self._size = 0
-            return EMPTY_DRAFT
-        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
-        self._size = size if context.nodes is None else min(size, context.nodes)
-        tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
-        return Draft(tokens=tree.tokens, parents=tree.parents)
+        if self._root != self._next_root:  # not the tokens it followed: start over from here
+            self._cache, self._guesses = DynamicCache(), None
+        return super().propose(context)
 
     @torch.inference_mode()
     def observe_prompt(self, tokens, hidden: torch.Tensor | None) -> None:
@@ -168,8 +160,7 @@ class EagleDrafter(Drafter):
 
     @torch.inference_mode()
     def observe(self, outcome: StepOutcome) -> None:
-        if self.budget is not None and self._size:
-            self.budget.record(self._size, outcome.path)
+        self.record(outcome)
         self._guesses = None
         if outcome.target_hidden is None or self._root < 0:
             return

@@ -24,9 +24,9 @@ from torch import nn
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
-from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
+from .base import Drafter, StepOutcome
 from .registry import BuildContext, register
-from .topk_tree import Guesses, best_first_tree
+from .topk_tree import Guesses, GuessTreeDrafter
 
 KIND = "heads"
 
@@ -98,15 +98,13 @@ class ResidualHeads(nn.Module):
         return heads
 
 
-class MedusaHeads(Drafter):
+class MedusaHeads(GuessTreeDrafter):
     """Drafts trees from K heads' guesses at the last accepted node's hidden state.
 
     heads: the trained heads (already on the target's device and dtype);
     lm_head: the target's output layer [V, H]; embed: its input embedding
     (for heads with ``token_input``); topk: guesses kept per head;
-    nodes: a fixed tree size, else ``budget`` (an :class:`AdaptiveNodeBudget`,
-    hardware-aware) picks it per step; the best-first tree lists nodes in
-    priority order, as that budget's statistics assume.
+    nodes, budget: see :class:`~quickdraft.drafters.topk_tree.GuessTreeDrafter`.
     """
 
     wants_hidden = True
@@ -117,28 +115,13 @@ class MedusaHeads(Drafter):
             raise ValueError(f"need nodes >= 0 (or a budget) and topk >= 1; got {nodes}, {topk}")
         if heads.token_input and embed is None:
             raise ValueError("heads that read the next token need the model's input embedding (embed)")
+        super().__init__(nodes=nodes, budget=budget)
         self.heads, self.lm_head, self.embed = heads, lm_head, embed
-        self.nodes, self.topk = nodes, topk
-        self.budget = budget if nodes is None else None
-        self.reset()
-
-    def reset(self) -> None:
-        self._guesses: Guesses | None = None
-        self._size = 0
-
-    def propose(self, context: DraftContext) -> Draft:
-        if self._guesses is None or context.budget <= 0:
-            self._size = 0
-            return EMPTY_DRAFT
-        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
-        self._size = size if context.nodes is None else min(size, context.nodes)
-        tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
-        return Draft(tokens=tree.tokens, parents=tree.parents)
+        self.topk = topk
 
     @torch.inference_mode()
     def observe(self, outcome: StepOutcome) -> None:
-        if self.budget is not None and self._size:
-            self.budget.record(self._size, outcome.path)
+        self.record(outcome)
         if outcome.target_hidden is None:
             self._guesses = None
             return

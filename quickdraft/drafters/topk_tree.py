@@ -1,4 +1,4 @@
-"""Sparse draft trees from per-depth top-k guesses (pure functions).
+"""Sparse draft trees from per-depth top-k guesses (pure functions), and the drafter base that proposes them.
 
 Learned drafters (``ppd``, ``heads``) predict, for each of the next few
 positions, a distribution over tokens, without conditioning on the guesses
@@ -15,6 +15,9 @@ import heapq
 from dataclasses import dataclass
 
 import torch
+
+from ..profile import AdaptiveNodeBudget
+from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 
 
 @dataclass(frozen=True)
@@ -111,3 +114,37 @@ def end_probabilities(tree: ScoredTree) -> list[float]:
     for node, (parent, p) in enumerate(zip(tree.parents, tree.branch), start=1):
         rest[parent] -= p
     return [s * max(r, 0.0) for s, r in zip(tree.scores, rest)]
+
+
+class GuessTreeDrafter(Drafter):
+    """Proposes the best-first tree over the guesses a subclass made when it observed the last step.
+
+    nodes: a fixed tree size, else ``budget`` (an :class:`AdaptiveNodeBudget`,
+    hardware-aware) picks it per step; the best-first tree lists nodes in
+    priority order, as that budget's statistics assume. A subclass sets
+    ``self._guesses`` in ``observe`` (after calling :meth:`record`).
+    """
+
+    def __init__(self, *, nodes: int | None, budget: AdaptiveNodeBudget | None) -> None:
+        self.nodes = nodes
+        self.budget = budget if nodes is None else None
+        self._guesses: Guesses | None = None
+        self._size = 0
+
+    def reset(self) -> None:
+        self._guesses = None
+        self._size = 0
+
+    def propose(self, context: DraftContext) -> Draft:
+        if self._guesses is None or context.budget <= 0:
+            self._size = 0
+            return EMPTY_DRAFT
+        size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
+        self._size = size if context.nodes is None else min(size, context.nodes)
+        tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
+        return Draft(tokens=tree.tokens, parents=tree.parents)
+
+    def record(self, outcome: StepOutcome) -> None:
+        """Tell the node budget what the proposed tree got accepted."""
+        if self.budget is not None and self._size:
+            self.budget.record(self._size, outcome.path)

@@ -60,6 +60,7 @@ class TrainConfig:
     corpus: tuple[str, ...] = ()  # text files whose sequences join the model's answers (teacher-forced)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "corpus", tuple(str(p) for p in self.corpus or ()))  # any paths, as strings
         if self.kind not in KINDS:
             raise QuickdraftError(f"unknown adapter kind {self.kind!r}; choose {' or '.join(KINDS)}")
         for name in ("steps", "anchors", "sequences", "prompt_tokens", "heads", "rank", "max_new_tokens", "vocab",
@@ -186,8 +187,6 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     from ..engine import load
     from ..models import cache_dir
 
-    if "corpus" in hparams:
-        hparams["corpus"] = tuple(str(p) for p in hparams["corpus"] or ())
     config = TrainConfig(kind=kind, steps=steps, data=data, **hparams)
     if minutes is not None and minutes <= 0:
         raise QuickdraftError(f"minutes must be positive, got {minutes}")

@@ -133,7 +133,22 @@ class PPDObjective:
         return self.logits(seq, anchors)[0]
 
 
-class HeadsObjective:
+class _ReadsHidden:
+    """Objectives that train on the frozen model's final hidden states, computed once per sequence."""
+
+    model: nn.Module
+    _hidden: dict[tuple[int, ...], torch.Tensor]
+
+    @torch.no_grad()
+    def hidden(self, seq: Sequence) -> torch.Tensor:
+        """[T, H] in the model's dtype: the final hidden state (the lm_head's input) at every position, cached."""
+        if seq.ids not in self._hidden:
+            ids = torch.tensor([seq.ids], device=self.model.device)
+            self._hidden[seq.ids] = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        return self._hidden[seq.ids]
+
+
+class HeadsObjective(_ReadsHidden):
     """Trains K residual low-rank heads on the frozen model's final hidden states."""
 
     kind = "heads"
@@ -164,15 +179,6 @@ class HeadsObjective:
         with torch.no_grad():
             for name, param in self.heads.tensors().items():
                 param.copy_(tensors[name])
-
-    @torch.no_grad()
-    def hidden(self, seq: Sequence) -> torch.Tensor:
-        """[T, H] in the model's dtype: the final hidden state (the lm_head's input) at every position, cached."""
-        if seq.ids not in self._hidden:
-            ids = torch.tensor([seq.ids], device=self.model.device)
-            out = self.model(input_ids=ids, output_hidden_states=True)
-            self._hidden[seq.ids] = out.hidden_states[-1][0]
-        return self._hidden[seq.ids]
 
     def logits(self, seq: Sequence, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(student [A, K, V], teacher [A, K, V])."""
@@ -247,7 +253,7 @@ def frequent_tokens(sequences: list[Sequence], limit: int, vocab_size: int) -> t
     return torch.from_numpy(np.ascontiguousarray(used))
 
 
-class EagleObjective:
+class EagleObjective(_ReadsHidden):
     """Trains an EAGLE-style feature drafter (:mod:`quickdraft.drafters.eagle`) on the frozen model's hidden states.
 
     At every position i the drafter reads the target's final hidden state f_i
@@ -303,14 +309,6 @@ class EagleObjective:
                         raise ValueError("the adapter's vocabulary differs from this run's")
                     continue
                 param.copy_(tensors[name])
-
-    @torch.no_grad()
-    def hidden(self, seq: Sequence) -> torch.Tensor:
-        """[T, H] in the model's dtype: the final hidden state at every position, cached."""
-        if seq.ids not in self._hidden:
-            ids = torch.tensor([seq.ids], device=self.model.device)
-            self._hidden[seq.ids] = self.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-        return self._hidden[seq.ids]
 
     def _inputs(self, seq: Sequence, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(features, next embeddings, positions) of the entries at positions 0 .. T - 2."""
