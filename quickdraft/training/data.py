@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import QuickdraftError
-from .prompts import builtin_prompts, split
+from .prompts import builtin_prompts
+from .selfinstruct import PromptSet, selfinstruct_prompts
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,16 @@ class Dataset:
         return sum(len(s.ids) for s in self.train)
 
 
-def read_prompts(data: str) -> list[str]:
-    """Prompts from ``builtin`` or a file: JSONL with a ``prompt`` field per line, or plain text, one per line."""
+DATA_SETS = ("builtin", "selfinstruct")
+
+
+def read_prompts(data: str) -> list[str] | PromptSet:
+    """Prompts from ``builtin``, ``selfinstruct`` (two rounds) or a file: JSONL with a ``prompt`` field per line,
+    or plain text, one per line."""
     if data == "builtin":
         return builtin_prompts()
+    if data == "selfinstruct":
+        return selfinstruct_prompts()
     path = Path(data)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -70,11 +77,19 @@ def read_prompts(data: str) -> list[str]:
     return prompts
 
 
-def build_dataset(engine, prompts: list[str], *, model_sha256: str, max_new_tokens: int, cache: Path | None,
-                  batch_size: int = 16, chat: bool = True) -> Dataset:
-    """Generate (or load from ``cache``) the model's greedy answers; hold out every tenth prompt."""
-    train_prompts, held_prompts = split(prompts, every=10 if len(prompts) >= 10 else len(prompts))
-    key = hashlib.sha256(json.dumps([model_sha256, prompts, max_new_tokens, chat]).encode()).hexdigest()[:16]
+def build_dataset(engine, prompts: list[str] | PromptSet, *, model_sha256: str, max_new_tokens: int,
+                  cache: Path | None, batch_size: int = 16, chat: bool = True) -> Dataset:
+    """Generate (or load from ``cache``) the model's greedy answers; hold out every tenth (first) prompt.
+
+    A :class:`PromptSet`'s derived requests are answered in a second round, over
+    the first round's answers, and are held out with the prompt they derive from.
+    """
+    prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(list(prompts), [])
+    train_set, held_set = prompts.split(every=10 if len(prompts.first) >= 10 else len(prompts.first))
+    fingerprint = [model_sha256, prompts.first, max_new_tokens, chat]
+    if prompts.derived:
+        fingerprint.append([[d.source, d.template, d.follow_up] for d in prompts.derived])
+    key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:16]
     path = None if cache is None else cache / f"selfdistill-{key}.json"
     if path is not None and path.is_file():
         data = json.loads(path.read_text())
@@ -82,8 +97,8 @@ def build_dataset(engine, prompts: list[str], *, model_sha256: str, max_new_toke
         return Dataset([Sequence(tuple(s["ids"]), s["prompt_len"]) for s in data["train"]],
                        [Sequence(tuple(s["ids"]), s["prompt_len"]) for s in data["held_out"]])
     started = time.perf_counter()
-    train = generate_answers(engine, train_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
-    held = generate_answers(engine, held_prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
+    train, held = answer_set(engine, train_set, **kw), answer_set(engine, held_set, **kw)
     log.info("generated %d answers in %.0f s", len(train) + len(held), time.perf_counter() - started)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,8 +111,19 @@ def build_dataset(engine, prompts: list[str], *, model_sha256: str, max_new_toke
     return Dataset(train, held)
 
 
+def answer_set(engine, prompts: PromptSet, **kw) -> list[Sequence]:
+    """The answers to the first requests, then to the requests derived from those answers."""
+    first = generate_answers(engine, prompts.first, **kw)
+    if not prompts.derived:
+        return first
+    tok = engine.target.tokenizer
+    texts = [tok.decode(s.ids[s.prompt_len:], skip_special_tokens=True).strip() for s in first]
+    derived = [d.prompt(prompts.first[d.source], texts[d.source]) for d in prompts.derived]
+    return first + generate_answers(engine, derived, **kw)
+
+
 @torch.inference_mode()
-def generate_answers(engine, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
+def generate_answers(engine, prompts: list[str | list[dict[str, str]]], *, max_new_tokens: int, batch_size: int = 16,
                      chat: bool = True) -> list[Sequence]:
     """Greedy answers, generated in left-padded batches with transformers' ``generate``.
 

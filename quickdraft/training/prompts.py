@@ -130,7 +130,7 @@ def builtin_prompts() -> list[str]:
             "Tell me a fun fact about animals.", "What is your favourite season, and why?",
             "Can you help me plan a weekend in a new city?", "I have a job interview tomorrow. Any advice?",
             "What are some good hobbies for a rainy day?", "How do I say no politely to a friend?",
-            "Explain the rules of chess briefly.", "What is the difference between weather and climate?",
+            "Explain the rules of chess briefly.", "What is the difference between a lake and a sea?",
             "Give me three ideas for a birthday present for my sister.", "How can I be more productive in the morning?",
             "What are the pros and cons of electric cars?", "Describe a healthy breakfast.",
         ],

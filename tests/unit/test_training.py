@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
 from quickdraft import QuickdraftError
 from quickdraft.adapters import read_adapter
+from quickdraft.bench import load_suite
 from quickdraft.training import TrainConfig, checkpoint_path, sample_batch, train
-from quickdraft.training.data import Sequence, read_prompts
+from quickdraft.training.data import Sequence, build_dataset, read_prompts
 from quickdraft.training.prompts import builtin_prompts, split
+from quickdraft.training.selfinstruct import Derived, PromptSet, selfinstruct_prompts
 
 FAST = dict(steps=12, anchors=12, max_new_tokens=24, checkpoint_every=4, progress=False)
 
@@ -137,6 +140,61 @@ def test_builtin_prompts_hold_out_a_tenth():
     train_set, held = split(prompts)
     assert len(prompts) == len(set(prompts)) > 200
     assert not set(train_set) & set(held) and len(held) == len(prompts) // 10
+
+
+def test_selfinstruct_is_fixed_varied_and_holds_out_what_derives_from_a_held_out_prompt():
+    prompts = selfinstruct_prompts()
+    assert prompts == selfinstruct_prompts() != selfinstruct_prompts(seed=1)
+    assert len(prompts.first) == len(set(prompts.first)) > 900 and len(prompts.derived) > 450
+    assert all(0 <= d.source < len(prompts.first) for d in prompts.derived)
+    kinds = {d.template.split("\n")[0][:20] if d.template else "follow-up" for d in prompts.derived}
+    assert len(kinds) >= 8  # summaries, questions on a text, translations both ways, rewrites, second turns
+    train_set, held = prompts.split()
+    assert len(held.first) == len(prompts.first) // 10 and not set(train_set.first) & set(held.first)
+    assert len(train_set) + len(held) == len(prompts)
+    # a derived request stays with its source: same first request before and after the split
+    by_source = {(prompts.first[d.source], d.template, d.follow_up) for d in prompts.derived}
+    for part in (train_set, held):
+        assert {(part.first[d.source], d.template, d.follow_up) for d in part.derived} <= by_source
+    assert read_prompts("selfinstruct") == prompts
+
+
+def _shingles(text, n=8):
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i: i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_training_prompts_do_not_overlap_the_bench_suites():
+    bench = set()
+    for name in ("builtin", "humaneval"):
+        for prompt in load_suite(name).prompts:
+            for turn in prompt.turns:
+                bench |= _shingles(turn)
+    si = selfinstruct_prompts()
+    texts = builtin_prompts() + si.first + [d.template + " " + d.follow_up for d in si.derived]
+    overlapping = [t for t in texts if _shingles(t) & bench]
+    assert not overlapping, overlapping[:3]
+
+
+def test_derived_requests_are_answered_over_the_first_answers(tiny_engine, tmp_path):
+    first = [f"tell me about thing number {i}" for i in range(10)]
+    derived = [Derived(0, template="Summarize: {text}"), Derived(9, follow_up="and then?"),
+               Derived(3, template="Translate: {text}")]
+    prompts = PromptSet(first, derived)
+    data = build_dataset(tiny_engine, prompts, model_sha256="x", max_new_tokens=8, cache=tmp_path)
+    assert len(data.train) == 9 + 2 and len(data.held_out) == 1 + 1  # prompt 9 and its follow-up are held out
+    tok = tiny_engine.tokenizer
+    answer0 = tok.decode(data.train[0].ids[data.train[0].prompt_len:], skip_special_tokens=True).strip()
+    summary = data.train[9]
+    assert summary.ids[: summary.prompt_len] == tuple(tiny_engine.encode("Summarize: " + answer0))
+    follow = data.held_out[1]
+    assert follow.ids[: follow.prompt_len] == tuple(tiny_engine.encode([
+        {"role": "user", "content": first[9]},
+        {"role": "assistant", "content": tok.decode(data.held_out[0].ids[data.held_out[0].prompt_len:],
+                                                    skip_special_tokens=True).strip()},
+        {"role": "user", "content": "and then?"}]))
+    again = build_dataset(tiny_engine, prompts, model_sha256="x", max_new_tokens=8, cache=tmp_path)
+    assert again == data and len(list(tmp_path.glob("selfdistill-*.json"))) == 1
 
 
 def test_batches_depend_only_on_seed_and_step():
