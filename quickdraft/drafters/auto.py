@@ -91,7 +91,7 @@ class SourceSpec:
         path, as in a combined method (cheaper: fewer logits rows to read).
     signal: its statistics are split by the prompt-lookup match length.
     sized: it honours ``DraftContext.nodes``.
-    primes: it drafts from the previous step's outcome (heads, eagle: guesses
+    primes: it drafts from the previous step's outcome (heads: guesses
         from the last accepted hidden states), and observing is its costly part. It
         observes a step only when it will be asked at the next one (that
         time counts as its drafting time); otherwise it is reset.
@@ -119,7 +119,8 @@ SOURCES: dict[str, SourceSpec] = {
         SourceSpec("rest", needs="datastore"),
         SourceSpec("draft", sized=False, needs="draft_model"),
         SourceSpec("heads", sees_all=True, primes=True, needs="adapter"),
-        SourceSpec("eagle", sees_all=True, primes=True, needs="sources"),  # opt-in: measured, it cost auto ~4% here
+        # eagle keeps up lazily (it stores the verified features; its layer runs only when asked)
+        SourceSpec("eagle", learns=True, sees_all=True, needs="sources"),
         SourceSpec("swift", sized=False, needs="sources"),  # opt-in: self-speculation costs much of a pass
         SourceSpec("early-exit", sized=False, needs="sources"),
     )

@@ -19,8 +19,9 @@ of a target pass.
 
 Decoding: after each verification the features of the root and the accepted
 nodes (the engine returns the target's hidden states: ``wants_hidden``) are
-appended to the drafter's own KV cache (the prompt's, from the prefill, at the
-start: ``observe_prompt``), then ``depth`` guesses are rolled out
+kept (the prompt's, from the prefill, at the start: ``observe_prompt``); when
+it is next asked for a draft, one pass of the layer appends all of them to the
+drafter's own KV cache, then ``depth`` guesses are rolled out
 from the last one (top-k kept per depth; the rolled-out entries are dropped
 again) and the next draft is the best-first sparse tree over them
 (:func:`~quickdraft.drafters.topk_tree.best_first_tree`, node budget from the
@@ -41,7 +42,7 @@ from transformers import AutoModel, DynamicCache
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
-from .base import Draft, DraftContext, Drafter, StepOutcome
+from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, GuessTreeDrafter
 
@@ -140,33 +141,49 @@ class EagleDrafter(GuessTreeDrafter):
     def reset(self) -> None:
         super().reset()
         self._cache = DynamicCache()  # entry i: the target's feature at position i and the token after it
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features [k, H], tokens [k]) not yet cached
         self._next_root = -1  # the position of the next step's root, where the guesses apply
         self._root = -1  # the position of this step's root (set by propose)
 
     def propose(self, context: DraftContext) -> Draft:
         self._root = len(context.tokens) - 1
         if self._root != self._next_root:  # not the tokens it followed: start over from here
-            self._cache, self._guesses = DynamicCache(), None
+            self._cache, self._pending, self._guesses = DynamicCache(), [], None
+        if context.nodes == 0 or context.budget <= 0:  # not asked (auto keeping it up to date): no work
+            self._size = 0
+            return EMPTY_DRAFT
+        if self._pending:
+            self._catch_up()
         return super().propose(context)
 
     @torch.inference_mode()
     def observe_prompt(self, tokens, hidden: torch.Tensor | None) -> None:
-        """The prompt's features (all but its last token's) go into the cache; the first step drafts from them."""
+        """The prompt's features (all but its last token's) wait for the cache; the first step drafts from them."""
         self.reset()
         if hidden is None or len(tokens) < 2:
             return
-        following = torch.as_tensor(tokens[1:], device=hidden.device)[None]  # the token after each feature
-        self._extend(hidden[None], following, start=0)
+        self._pending.append((hidden, torch.as_tensor(tokens[1:], device=hidden.device)))  # the token after each
+        self._next_root = len(tokens) - 1
 
     @torch.inference_mode()
     def observe(self, outcome: StepOutcome) -> None:
+        """Keep the features of the root and the accepted nodes; the layer runs over them when next asked."""
         self.record(outcome)
         self._guesses = None
         if outcome.target_hidden is None or self._root < 0:
             return
         nodes = [0, *outcome.path]  # the root and the accepted nodes, at positions root, root + 1, ...
-        following = torch.tensor([list(outcome.tokens)], device=outcome.target_hidden.device)  # the token after each
-        self._extend(outcome.target_hidden[nodes][None], following, start=self._root)
+        following = torch.tensor(list(outcome.tokens), device=outcome.target_hidden.device)  # the token after each
+        self._pending.append((outcome.target_hidden[nodes], following))
+        self._next_root = self._root + len(nodes)
+
+    @torch.inference_mode()
+    def _catch_up(self) -> None:
+        """Run the layer once over every entry observed since it last drafted, then roll out the guesses."""
+        features = torch.cat([f for f, _ in self._pending])
+        following = torch.cat([t for _, t in self._pending])
+        self._pending = []
+        self._extend(features[None], following[None], start=self._next_root - features.shape[0])
 
     def _extend(self, features: torch.Tensor, following: torch.Tensor, *, start: int) -> None:
         """Append entries at positions start.. (features [1, k, H], the token ids after them [1, k]) and guess

@@ -403,10 +403,11 @@ def test_optional_sources_join_when_their_inputs_are_given_and_stay_lossless(tin
     options = {"draft_model": str(tiny_draft_dir), "datastore": tiny_method_options["rest"]["datastore"],
                "adapter": tiny_method_options["heads"]["adapter"]}
     opt_in = {"sources": "pld-tree,lookahead,swift,early-exit"}
+    eagle = {"sources": "ngram,eagle", "adapter": tiny_method_options["eagle"]["adapter"]}
     prompt = "the quick brown fox jumps over the lazy dog. the quick brown fox"
     expected = tiny_engine.generate(prompt, method="ar", max_new_tokens=40, chat=False).token_ids
     for opts, names in ((options, ["pld-tree", "recycle", "ngram", "rest", "draft", "heads"]),
-                        (opt_in, ["pld-tree", "lookahead", "swift", "early-exit"])):
+                        (opt_in, ["pld-tree", "lookahead", "swift", "early-exit"]), (eagle, ["ngram", "eagle"])):
         assert [src.name for src in tiny_engine.drafter("auto", opts).sources] == names
         for _ in range(2):  # the second request starts from what the first learned
             got = tiny_engine.generate(prompt, method="auto", max_new_tokens=40, chat=False, options=opts)

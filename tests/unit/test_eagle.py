@@ -52,6 +52,15 @@ def test_decoding_guesses_what_training_evaluates(target):
                                     target_hidden=hidden[nodes]))
         context = DraftContext(tokens=torch.tensor(seq.ids[: anchor + 2]).numpy(), prompt_len=prompt, budget=8)
         assert drafter.propose(context).tokens == tuple(want[1])
+        # the same tokens observed one at a time, not asked in between (auto keeping it up to date): same guesses
+        lazy = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, nodes=3)
+        lazy.observe_prompt(torch.tensor(seq.ids[:prompt]).numpy(), hidden[: prompt - 1])
+        for at in range(root, anchor + 1):
+            quiet = DraftContext(tokens=torch.tensor(seq.ids[: at + 1]).numpy(), prompt_len=prompt, budget=8, nodes=0)
+            assert lazy.propose(quiet).tokens == ()
+            lazy.observe(StepOutcome(draft=Draft(), path=(), tokens=(seq.ids[at + 1],),
+                                     target_logits=torch.zeros(1, 4), target_hidden=hidden[at: at + 1]))
+        assert lazy.propose(context).tokens == tuple(want[1])
 
 
 def test_a_context_it_did_not_follow_starts_over(target, tmp_path):
