@@ -21,10 +21,11 @@ Decoding: after each verification the features of the root and the accepted
 nodes (the engine returns the target's hidden states: ``wants_hidden``) are
 kept (the prompt's, from the prefill, at the start: ``observe_prompt``); when
 it is next asked for a draft, one pass of the layer appends all of them to the
-drafter's own KV cache, then ``depth`` guesses are rolled out
-from the last one (top-k kept per depth; the rolled-out entries are dropped
-again) and the next draft is the best-first sparse tree over them
-(:func:`~quickdraft.drafters.topk_tree.best_first_tree`, node budget from the
+drafter's own KV cache, then a tree is rolled out ``depth`` deep from the last
+one as in EAGLE-2 (:func:`tree_rollout`: the ``topk`` most probable paths are
+expanded at each depth, all in one pass of the layer, so an alternative guess
+gets children of its own; the rolled-out entries are dropped again) and the
+draft is its most probable nodes (:func:`top_nodes`; node budget from the
 hardware profile as for ``heads``). Reading the prompt's features lets it
 follow text the answer copies from the prompt. Lossless like every method:
 the target verifies.
@@ -33,6 +34,7 @@ the target verifies.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +46,7 @@ from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
-from .topk_tree import Guesses, GuessTreeDrafter
+from .topk_tree import GuessTreeDrafter
 
 KIND = "eagle"
 
@@ -84,12 +86,15 @@ class FeatureDrafter(nn.Module):
         self.intermediate = intermediate
 
     def forward(self, features: torch.Tensor, next_embeds: torch.Tensor, positions: torch.Tensor, *,
-                cache: DynamicCache | None = None) -> torch.Tensor:
-        """features, next_embeds: [1, n, H]; positions: [1, n] -> predicted next features [1, n, H]."""
+                cache: DynamicCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features, next_embeds: [1, n, H]; positions: [1, n] -> predicted next features [1, n, H].
+
+        mask: an additive [1, 1, n, cached + n] attention mask (a tree of entries), else causal.
+        """
         inputs = self.fc(torch.cat([features, next_embeds.to(features.dtype)], dim=-1))
         start = 0 if cache is None else cache.get_seq_length()
         out = self.layer(inputs_embeds=inputs, position_ids=positions, past_key_values=cache,
-                         use_cache=cache is not None,
+                         use_cache=cache is not None, attention_mask=mask,
                          cache_position=torch.arange(start, start + inputs.shape[1], device=inputs.device))
         return out.last_hidden_state
 
@@ -123,32 +128,37 @@ class EagleDrafter(GuessTreeDrafter):
     drafter: the trained :class:`FeatureDrafter` (on the target's device and
     dtype); embed: the target's input embedding; head: [V', H] the target's
     output-layer rows for ``drafter.vocab``; depth: guesses rolled out per
-    step; topk: guesses kept per depth; nodes or budget: as for ``heads``.
+    step; topk: paths expanded per depth; pool: candidates kept per depth (default
+    ``2 * topk``); nodes or budget: as for ``heads``.
     """
 
     wants_hidden = True
     wants_prompt_hidden = True
 
     def __init__(self, drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, *, depth: int = 3,
-                 topk: int = 4, nodes: int | None = 10, budget: AdaptiveNodeBudget | None = None) -> None:
-        if depth < 1 or topk < 1 or (nodes is None and budget is None) or (nodes is not None and nodes < 0):
-            raise ValueError(f"need depth >= 1, topk >= 1 and nodes >= 0 (or a budget); got {depth}, {topk}, {nodes}")
+                 topk: int = 4, pool: int | None = None, nodes: int | None = 10,
+                 budget: AdaptiveNodeBudget | None = None) -> None:
+        pool = 2 * topk if pool is None else pool
+        if depth < 1 or topk < 1 or pool < topk or (nodes is None and budget is None) or (nodes or 0) < 0:
+            raise ValueError(f"need depth >= 1, topk >= 1, pool >= topk and nodes >= 0 (or a budget); "
+                             f"got {depth}, {topk}, {pool}, {nodes}")
         super().__init__(nodes=nodes, budget=budget)
         self.drafter, self.embed, self.head = drafter, embed, head
-        self.depth, self.topk = depth, topk
+        self.depth, self.topk, self.pool = depth, topk, pool
         self.reset()
 
     def reset(self) -> None:
         super().reset()
         self._cache = DynamicCache()  # entry i: the target's feature at position i and the token after it
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features [k, H], tokens [k]) not yet cached
+        self._candidates: Candidates | None = None
         self._next_root = -1  # the position of the next step's root, where the guesses apply
         self._root = -1  # the position of this step's root (set by propose)
 
     def propose(self, context: DraftContext) -> Draft:
         self._root = len(context.tokens) - 1
         if self._root != self._next_root:  # not the tokens it followed: start over from here
-            self._cache, self._pending, self._guesses = DynamicCache(), [], None
+            self._cache, self._pending, self._candidates = DynamicCache(), [], None
         if context.nodes == 0 or context.budget <= 0:  # not asked (auto keeping it up to date): no work
             self._size = 0
             return EMPTY_DRAFT
@@ -169,7 +179,7 @@ class EagleDrafter(GuessTreeDrafter):
     def observe(self, outcome: StepOutcome) -> None:
         """Keep the features of the root and the accepted nodes; the layer runs over them when next asked."""
         self.record(outcome)
-        self._guesses = None
+        self._candidates = None
         if outcome.target_hidden is None or self._root < 0:
             return
         nodes = [0, *outcome.path]  # the root and the accepted nodes, at positions root, root + 1, ...
@@ -186,15 +196,123 @@ class EagleDrafter(GuessTreeDrafter):
         self._extend(features[None], following[None], start=self._next_root - features.shape[0])
 
     def _extend(self, features: torch.Tensor, following: torch.Tensor, *, start: int) -> None:
-        """Append entries at positions start.. (features [1, k, H], the token ids after them [1, k]) and guess
-        the tokens after the next root (position start + k)."""
+        """Append entries at positions start.. (features [1, k, H], the token ids after them [1, k]) and roll
+        out the candidate tree below the next root (position start + k)."""
         k = features.shape[1]
         positions = torch.arange(start, start + k, device=features.device)[None]
         out = self.drafter(features, self.embed(following), positions, cache=self._cache)[:, -1:]  # [1, 1, H]
         self._next_root = start + k
-        logits = rollout(self.drafter, self.embed, self.head, out, self._cache, self._next_root, self.depth)  # [D, V']
-        probs, index = torch.softmax(logits.float(), dim=-1).topk(min(self.topk, self.head.shape[0]), dim=-1)
-        self._guesses = Guesses(tokens=self.drafter.vocab[index], probs=probs)
+        self._candidates = tree_rollout(self.drafter, self.embed, self.head, out, self._cache, self._next_root,
+                                        depth=self.depth, topk=self.topk, pool=self.pool)
+
+    def _ready(self) -> bool:
+        return self._candidates is not None
+
+    def _tree(self, size: int, max_depth: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return top_nodes(self._candidates, size, max_depth)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Guessed nodes below the root: token, parent (an earlier candidate, -1: the root), depth, and the log
+    probability of the path from the root (the product of the drafter's probabilities along it)."""
+
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+    depths: tuple[int, ...]
+    scores: tuple[float, ...]
+
+
+def top_nodes(candidates: Candidates, size: int, max_depth: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(tokens, parents) of the ``size`` best candidates at most ``max_depth`` deep, best first.
+
+    A path's score never exceeds its prefix's, so the best nodes keep their
+    parents (ties: the shallower first; a node whose parent is cut is skipped).
+
+    >>> c = Candidates(tokens=(5, 6, 7, 8), parents=(-1, -1, 0, 1), depths=(1, 1, 2, 2),
+    ...                scores=(-0.1, -1.5, -0.5, -1.6))
+    >>> top_nodes(c, 3, 2)          # 5, then 5-7, then 6 (its child 8 misses the size)
+    ((5, 7, 6), (0, 1, 0))
+    >>> top_nodes(c, 3, 1)
+    ((5, 6), (0, 0))
+    """
+    order = sorted((i for i, d in enumerate(candidates.depths) if d <= max_depth),
+                   key=lambda i: (-candidates.scores[i], candidates.depths[i], i))
+    node_of = {-1: 0}
+    tokens: list[int] = []
+    parents: list[int] = []
+    for i in order:
+        if len(tokens) >= size:
+            break
+        parent = candidates.parents[i]
+        if parent in node_of:
+            tokens.append(candidates.tokens[i])
+            parents.append(node_of[parent])
+            node_of[i] = len(tokens)
+    return tuple(tokens), tuple(parents)
+
+
+@torch.inference_mode()
+def tree_rollout(drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, out: torch.Tensor,
+                 cache: DynamicCache, position: int, *, depth: int, topk: int, pool: int) -> Candidates:
+    """Guess a tree below the root, as EAGLE-2 does: at each depth the ``topk`` best paths are expanded.
+
+    out: [1, 1, H] the predicted feature at ``position`` (the root's). The
+    ``pool`` best children (by path probability) of the expanded nodes at each
+    depth become candidates, and the ``topk`` best of them are expanded next:
+    fed to the layer in one pass, each entry (the feature that predicted a
+    node, with the node's token) attending to the cache and to its own
+    ancestors' entries. Every depth costs one pass of the layer, as a chain
+    does, but every expanded guess gets its children from its own context.
+    The cache holds the rolled-out entries only while this runs.
+    """
+    committed = cache.get_seq_length()
+    vocab = drafter.vocab
+    tokens: list[int] = []
+    parents: list[int] = []
+    depths: list[int] = []
+    scores: list[float] = []
+    entry_parent: list[int] = []  # per rolled-out entry: its parent's entry (-1: none)
+    entry_of: dict[int, int] = {}  # candidate -> its rolled-out entry
+    logp = torch.log_softmax((out[0] @ head.T).float(), dim=-1)  # [1, V']
+    frontier, feeding = [-1], out  # expanded nodes (-1: the root) and the features their entries predicted
+    for d in range(1, depth + 1):
+        total = logp + torch.tensor([scores[i] if i >= 0 else 0.0 for i in frontier])[:, None]  # [k, V']
+        best, flat = total.flatten().topk(min(pool, total.numel()))
+        rows = (flat // total.shape[1]).tolist()
+        picked = vocab[flat % total.shape[1]].tolist()
+        new = []
+        for score, row, token in zip(best.tolist(), rows, picked):
+            new.append(len(tokens))
+            tokens.append(token)
+            parents.append(frontier[row])
+            depths.append(d)
+            scores.append(score)
+        if d == depth:
+            break
+        frontier, rows = new[:topk], rows[:topk]
+        feeding = feeding[:, rows]  # [1, k, H] the feature that predicted each expanded node
+        for i in frontier:
+            entry_of[i] = len(entry_parent)
+            entry_parent.append(entry_of.get(parents[i], -1))
+        k, rolled = len(frontier), len(entry_parent)
+        allowed = torch.zeros(k, committed + rolled, dtype=torch.bool)
+        allowed[:, :committed] = True
+        for row, i in enumerate(frontier):
+            e = entry_of[i]
+            while e >= 0:
+                allowed[row, committed + e] = True
+                e = entry_parent[e]
+        mask = torch.zeros(1, 1, k, committed + rolled, dtype=feeding.dtype)
+        mask.masked_fill_(~allowed, torch.finfo(feeding.dtype).min)
+        ids = torch.tensor([[tokens[i] for i in frontier]], device=out.device)
+        positions = torch.full((1, k), position + d - 1, device=out.device)
+        feeding = drafter(feeding, embed(ids), positions, cache=cache, mask=mask.to(out.device))  # [1, k, H]
+        logp = torch.log_softmax((feeding[0] @ head.T).float(), dim=-1)  # [k, V']
+    extra = cache.get_seq_length() - committed
+    if extra:
+        cache.crop(-extra)  # transformers takes a negative count to drop
+    return Candidates(tuple(tokens), tuple(parents), tuple(depths), tuple(scores))
 
 
 def rollout(drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, out: torch.Tensor, cache: DynamicCache,
@@ -234,7 +352,7 @@ def build_eagle(target, options: dict[str, Any]) -> EagleDrafter:
     adapter = load_adapter_for(target, KIND, options.get("adapter"))
     drafter = drafter_from_adapter(adapter, target)
     head = target.model.get_output_embeddings().weight.detach()[drafter.vocab].contiguous()  # [V', H]
-    picked = {k: int(options[k]) for k in ("nodes", "topk", "depth") if options.get(k) is not None}
+    picked = {k: int(options[k]) for k in ("nodes", "topk", "pool", "depth") if options.get(k) is not None}
     budget = None if "nodes" in picked else adaptive_node_budget(target)
     picked.setdefault("nodes", None if budget else 10)
     return EagleDrafter(drafter, target.model.get_input_embeddings(), head, budget=budget, **picked)

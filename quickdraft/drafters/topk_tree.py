@@ -136,13 +136,22 @@ class GuessTreeDrafter(Drafter):
         self._size = 0
 
     def propose(self, context: DraftContext) -> Draft:
-        if self._guesses is None or context.budget <= 0:
+        if not self._ready() or context.budget <= 0:
             self._size = 0
             return EMPTY_DRAFT
         size = self.nodes if self.budget is None else self.budget.next_budget(len(context.tokens))
         self._size = size if context.nodes is None else min(size, context.nodes)
-        tree = best_first_tree(self._guesses, self._size, max_depth=context.budget)
-        return Draft(tokens=tree.tokens, parents=tree.parents)
+        tokens, parents = self._tree(self._size, context.budget)
+        return Draft(tokens=tokens, parents=parents)
+
+    def _ready(self) -> bool:
+        """Whether it has guesses for this step."""
+        return self._guesses is not None
+
+    def _tree(self, size: int, max_depth: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(tokens, parents) of the best tree of at most ``size`` nodes, ``max_depth`` deep, in priority order."""
+        tree = best_first_tree(self._guesses, size, max_depth=max_depth)
+        return tree.tokens, tree.parents
 
     def record(self, outcome: StepOutcome) -> None:
         """Tell the node budget what the proposed tree got accepted."""

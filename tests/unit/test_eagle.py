@@ -38,7 +38,7 @@ def test_decoding_guesses_what_training_evaluates(target):
     prompt = seq.prompt_len
     for anchor in (5, 9, 14):
         want = objective.predict(seq, torch.tensor([prompt - 2, anchor])).argmax(-1).tolist()  # [2, D]: +2..+4
-        drafter = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, nodes=3)
+        drafter = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, pool=1, nodes=3)
         drafter.observe_prompt(torch.tensor(seq.ids[:prompt]).numpy(), hidden[: prompt - 1])  # as after the prefill
         context = DraftContext(tokens=torch.tensor(seq.ids[:prompt]).numpy(), prompt_len=prompt, budget=8)
         draft = drafter.propose(context)  # the first step drafts from the prompt's features
@@ -53,7 +53,7 @@ def test_decoding_guesses_what_training_evaluates(target):
         context = DraftContext(tokens=torch.tensor(seq.ids[: anchor + 2]).numpy(), prompt_len=prompt, budget=8)
         assert drafter.propose(context).tokens == tuple(want[1])
         # the same tokens observed one at a time, not asked in between (auto keeping it up to date): same guesses
-        lazy = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, nodes=3)
+        lazy = EagleDrafter(objective.drafter, embed, objective.head.float(), depth=3, topk=1, pool=1, nodes=3)
         lazy.observe_prompt(torch.tensor(seq.ids[:prompt]).numpy(), hidden[: prompt - 1])
         for at in range(root, anchor + 1):
             quiet = DraftContext(tokens=torch.tensor(seq.ids[: at + 1]).numpy(), prompt_len=prompt, budget=8, nodes=0)
@@ -103,3 +103,41 @@ def test_only_drafters_that_read_the_prompt_get_its_hidden_states(tiny_engine, t
     result = tiny_engine.generate("abc abc abc", method="eagle", chat=False, max_new_tokens=3,
                                   options={**both, "nodes": 2})
     assert result.stats.steps >= 1 and result.stats.drafted_tokens >= 2
+
+
+def test_a_tree_rollout_scores_every_guess_in_its_own_context(target):
+    """Each candidate's score equals a chain rollout along its own path (tree mask and positions are right),
+    the expanded nodes are the best paths, and the cache is left as it was."""
+    from transformers import DynamicCache
+
+    from quickdraft.drafters.eagle import tree_rollout
+
+    ids = torch.randint(0, target.vocab_size, (12,), generator=torch.Generator().manual_seed(2))
+    seq = Sequence(ids=tuple(ids.tolist()), prompt_len=4)
+    objective = EagleObjective(target.model, sequences=[seq], vocab=40, intermediate=16, depth=3)
+    with torch.no_grad():
+        for p in objective.drafter.parameters():
+            p.normal_(0.0, 0.3)
+    drafter, embed, head = objective.drafter, objective.embed, objective.head.float()
+    hidden = objective.hidden(seq).float()
+    cache = DynamicCache()
+    with torch.no_grad():
+        out = drafter(hidden[None, :8], embed(ids[None, 1:9]), torch.arange(8)[None], cache=cache)[:, -1:]
+        tree = tree_rollout(drafter, embed, head, out, cache, 8, depth=3, topk=3, pool=4)
+        assert cache.get_seq_length() == 8
+        assert len(tree.tokens) == 12 and tree.depths == (1,) * 4 + (2,) * 4 + (3,) * 4
+        for i in range(len(tree.tokens)):
+            path = [i]
+            while tree.parents[path[0]] >= 0:
+                path.insert(0, tree.parents[path[0]])
+            feature, score = out, 0.0
+            for d, node in enumerate(path):
+                logp = torch.log_softmax(feature[0, 0] @ head.T, dim=-1)
+                score += float(logp[drafter.vocab.tolist().index(tree.tokens[node])])
+                feature = drafter(feature, embed(torch.tensor([[tree.tokens[node]]])), torch.tensor([[8 + d]]),
+                                  cache=cache)
+            cache.crop(-(cache.get_seq_length() - 8))
+            assert abs(score - tree.scores[i]) < 1e-4, (i, score, tree.scores[i])
+            if tree.depths[i] > 1:  # its parent was one of the 3 best at its depth
+                siblings = [j for j in range(len(tree.tokens)) if tree.depths[j] == tree.depths[i] - 1]
+                assert tree.parents[i] in sorted(siblings, key=lambda j: -tree.scores[j])[:3]
