@@ -29,3 +29,11 @@ def test_learned_drafter_accepts_drafts_on_open_ended_text(real_engine, kind):
     got = real_engine.generate(prompt, method=kind, max_new_tokens=48, options={"nodes": 8})
     assert got.token_ids == expected.token_ids
     assert got.stats.mean_accepted > 1.2, f"{kind} accepted {got.stats.mean_accepted:.2f} tokens per pass"
+
+
+def test_auto_drafts_with_the_shipped_eagle_by_default(real_engine):
+    assert [src.name for src in real_engine.drafter("auto").sources] == ["pld-tree", "recycle", "ngram", "eagle"]
+    assert real_engine.drafter("auto").wants_prompt_hidden  # eagle reads the prompt's features
+    prompt = "Explain why the sky is dark at night, in a few sentences."
+    expected = real_engine.generate(prompt, method="ar", max_new_tokens=64)
+    assert real_engine.generate(prompt, method="auto", max_new_tokens=64).token_ids == expected.token_ids

@@ -301,8 +301,10 @@ def test_memory_is_bounded():
 
 
 def test_source_names_and_bad_options():
-    assert source_names({})[0] == ["pld-tree", "recycle", "ngram", "heads"]  # heads: if an adapter is found
-    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest", "heads"]
+    assert source_names({})[0] == ["pld-tree", "recycle", "ngram", "eagle"]  # eagle: if an adapter is found
+    assert source_names({"datastore": "/x"})[0] == ["pld-tree", "recycle", "ngram", "rest", "eagle"]
+    # heads: only with an adapter given (which eagle then tries too: a heads adapter leaves it out quietly)
+    assert source_names({"adapter": "/a"})[0] == ["pld-tree", "recycle", "ngram", "heads", "eagle"]
     assert source_names({"sources": "ngram,eagle"}) == (["ngram", "eagle"], True)  # eagle: when listed
     assert source_names({"sources": "recycle, ngram"}) == (["recycle", "ngram"], True)
     with pytest.raises(QuickdraftError, match="unknown source 'bogus'"):

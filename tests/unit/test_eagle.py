@@ -98,7 +98,7 @@ def test_only_drafters_that_read_the_prompt_get_its_hidden_states(tiny_engine, t
     assert tiny_engine.drafter("eagle", both).wants_prompt_hidden
     assert tiny_engine.drafter("ngram+eagle", both).wants_prompt_hidden  # a combination passes it on
     assert not tiny_engine.drafter("heads", tiny_method_options["heads"]).wants_prompt_hidden  # no prefill cost
-    assert not tiny_engine.drafter("auto").wants_prompt_hidden  # eagle is not a default source
+    assert not tiny_engine.drafter("auto").wants_prompt_hidden  # no eagle adapter for the tiny model
     # with the prompt's features, eagle drafts at the very first step (one step: nothing learned from decoding yet)
     result = tiny_engine.generate("abc abc abc", method="eagle", chat=False, max_new_tokens=3,
                                   options={**both, "nodes": 2})
