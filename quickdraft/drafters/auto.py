@@ -44,7 +44,8 @@ them as any draft. A draft that merges several sources is deterministic
 the start of its chain, keeps its draft probabilities.
 
 Options: ``sources`` (comma-separated; default pld-tree, recycle, ngram, eagle
-when an adapter for the model is given or shipped, heads when one is given,
+when an adapter for the model is given or shipped (the shipped one also when a
+heads adapter is given), heads when one is given,
 plus rest with a ``datastore`` and draft with a ``draft_model``; lookahead,
 swift and early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
 gate already charges what the predictions miss), ``probe_share`` (0.02). Not
@@ -608,6 +609,12 @@ def build(ctx: BuildContext) -> Drafter:
         except QuickdraftError:
             if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
                 raise
+            if spec.shipped and "adapter" in sub:  # another kind's adapter was given: the shipped one, if any
+                try:
+                    shipped = {k: v for k, v in sub.items() if k != "adapter"}
+                    built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=shipped))))
+                except QuickdraftError:
+                    pass
     prior, contextual = latency_prior(ctx.target)
     latency = LatencyModel(prior, max_nodes=max_nodes, contextual=contextual)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),

@@ -20,8 +20,8 @@ of a target pass.
 Decoding: after each verification the features of the root and the accepted
 nodes (the engine returns the target's hidden states: ``wants_hidden``) are
 kept (the prompt's, from the prefill, at the start: ``observe_prompt``); when
-it is next asked for a draft, one pass of the layer appends all of them to the
-drafter's own KV cache, then a tree is rolled out ``depth`` deep from the last
+it is next asked for a draft (or, while it is not asked, once 32 are waiting),
+one pass of the layer appends all of them to the drafter's own KV cache, then a tree is rolled out ``depth`` deep from the last
 one as in EAGLE-2 (:func:`tree_rollout`: the ``topk`` most probable paths are
 expanded at each depth, all in one pass of the layer, so an alternative guess
 gets children of its own; the rolled-out entries are dropped again) and the
@@ -49,6 +49,7 @@ from .registry import BuildContext, register
 from .topk_tree import GuessTreeDrafter
 
 KIND = "eagle"
+CATCH_UP = 32  # entries kept waiting at most while it is not asked (so catching up when asked stays cheap)
 
 
 def layer_config(config, intermediate: int):
@@ -151,19 +152,26 @@ class EagleDrafter(GuessTreeDrafter):
         super().reset()
         self._cache = DynamicCache()  # entry i: the target's feature at position i and the token after it
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features [k, H], tokens [k]) not yet cached
+        self._last: torch.Tensor | None = None  # [1, 1, H] the predicted feature at the next root (none pending)
         self._candidates: Candidates | None = None
         self._next_root = -1  # the position of the next step's root, where the guesses apply
         self._root = -1  # the position of this step's root (set by propose)
 
+    @torch.inference_mode()
     def propose(self, context: DraftContext) -> Draft:
         self._root = len(context.tokens) - 1
         if self._root != self._next_root:  # not the tokens it followed: start over from here
-            self._cache, self._pending, self._candidates = DynamicCache(), [], None
-        if context.nodes == 0 or context.budget <= 0:  # not asked (auto keeping it up to date): no work
+            self._cache, self._pending, self._last, self._candidates = DynamicCache(), [], None, None
+        asked = context.nodes != 0 and context.budget > 0
+        if self._pending and (asked or sum(len(t) for _, t in self._pending) >= CATCH_UP):
+            self._catch_up()  # when not asked (auto keeping it up to date), only now and then, in small pieces
+        if not asked:
             self._size = 0
             return EMPTY_DRAFT
-        if self._pending:
-            self._catch_up()
+        if self._candidates is None and self._last is not None:
+            self._candidates = tree_rollout(self.drafter, self.embed, self.head, self._last, self._cache,
+                                            self._next_root, depth=min(self.depth, context.budget), topk=self.topk,
+                                            pool=self.pool)
         return super().propose(context)
 
     @torch.inference_mode()
@@ -179,7 +187,7 @@ class EagleDrafter(GuessTreeDrafter):
     def observe(self, outcome: StepOutcome) -> None:
         """Keep the features of the root and the accepted nodes; the layer runs over them when next asked."""
         self.record(outcome)
-        self._candidates = None
+        self._candidates = self._last = None
         if outcome.target_hidden is None or self._root < 0:
             return
         nodes = [0, *outcome.path]  # the root and the accepted nodes, at positions root, root + 1, ...
@@ -187,23 +195,16 @@ class EagleDrafter(GuessTreeDrafter):
         self._pending.append((outcome.target_hidden[nodes], following))
         self._next_root = self._root + len(nodes)
 
-    @torch.inference_mode()
     def _catch_up(self) -> None:
-        """Run the layer once over every entry observed since it last drafted, then roll out the guesses."""
-        features = torch.cat([f for f, _ in self._pending])
-        following = torch.cat([t for _, t in self._pending])
+        """One pass of the layer over every entry observed since the last catch-up (features [k, H] at the
+        positions before the next root, each with the token after it); its last output predicts the feature at
+        the next root."""
+        features = torch.cat([f for f, _ in self._pending])[None]  # [1, k, H]
+        following = torch.cat([t for _, t in self._pending])[None]  # [1, k]
         self._pending = []
-        self._extend(features[None], following[None], start=self._next_root - features.shape[0])
-
-    def _extend(self, features: torch.Tensor, following: torch.Tensor, *, start: int) -> None:
-        """Append entries at positions start.. (features [1, k, H], the token ids after them [1, k]) and roll
-        out the candidate tree below the next root (position start + k)."""
-        k = features.shape[1]
-        positions = torch.arange(start, start + k, device=features.device)[None]
-        out = self.drafter(features, self.embed(following), positions, cache=self._cache)[:, -1:]  # [1, 1, H]
-        self._next_root = start + k
-        self._candidates = tree_rollout(self.drafter, self.embed, self.head, out, self._cache, self._next_root,
-                                        depth=self.depth, topk=self.topk, pool=self.pool)
+        start = self._next_root - features.shape[1]
+        positions = torch.arange(start, self._next_root, device=features.device)[None]
+        self._last = self.drafter(features, self.embed(following), positions, cache=self._cache)[:, -1:]
 
     def _ready(self) -> bool:
         return self._candidates is not None
@@ -277,7 +278,8 @@ def tree_rollout(drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, 
     logp = torch.log_softmax((out[0] @ head.T).float(), dim=-1)  # [1, V']
     frontier, feeding = [-1], out  # expanded nodes (-1: the root) and the features their entries predicted
     for d in range(1, depth + 1):
-        total = logp + torch.tensor([scores[i] if i >= 0 else 0.0 for i in frontier])[:, None]  # [k, V']
+        so_far = torch.tensor([scores[i] if i >= 0 else 0.0 for i in frontier], device=logp.device)
+        total = logp + so_far[:, None]  # [k, V']
         best, flat = total.flatten().topk(min(pool, total.numel()))
         rows = (flat // total.shape[1]).tolist()
         picked = vocab[flat % total.shape[1]].tolist()

@@ -22,6 +22,8 @@ from ..errors import QuickdraftError
 from .prompts import builtin_prompts
 from .selfinstruct import PromptSet, selfinstruct_prompts
 
+DERIVED_FORMAT = 1  # bump when answer_set or Derived.prompt change how derived requests are made
+
 log = logging.getLogger(__name__)
 
 
@@ -41,9 +43,6 @@ class Dataset:
     @property
     def tokens(self) -> int:
         return sum(len(s.ids) for s in self.train)
-
-
-DATA_SETS = ("builtin", "selfinstruct")
 
 
 def read_prompts(data: str) -> list[str] | PromptSet:
@@ -87,8 +86,9 @@ def build_dataset(engine, prompts: list[str] | PromptSet, *, model_sha256: str, 
     prompts = prompts if isinstance(prompts, PromptSet) else PromptSet(list(prompts), [])
     train_set, held_set = prompts.split(every=10 if len(prompts.first) >= 10 else len(prompts.first))
     fingerprint = [model_sha256, prompts.first, max_new_tokens, chat]
-    if prompts.derived:
-        fingerprint.append([[d.source, d.template, d.follow_up] for d in prompts.derived])
+    if prompts.derived:  # (and how the second round is built from the answers)
+        fingerprint += [[[d.source, d.template, d.follow_up] for d in prompts.derived], DERIVED_FORMAT,
+                        str(engine.target.dtype)]
     key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:16]
     path = None if cache is None else cache / f"selfdistill-{key}.json"
     if path is not None and path.is_file():

@@ -36,4 +36,10 @@ def test_auto_drafts_with_the_shipped_eagle_by_default(real_engine):
     assert real_engine.drafter("auto").wants_prompt_hidden  # eagle reads the prompt's features
     prompt = "Explain why the sky is dark at night, in a few sentences."
     expected = real_engine.generate(prompt, method="ar", max_new_tokens=64)
-    assert real_engine.generate(prompt, method="auto", max_new_tokens=64).token_ids == expected.token_ids
+    got = real_engine.generate(prompt, method="auto", max_new_tokens=64)
+    assert got.token_ids == expected.token_ids
+    assert got.stats.sources["eagle"]["nodes"] > 0, got.stats.sources  # it drafted
+    # a heads adapter given: heads joins, and eagle falls back to its shipped adapter
+    heads = str(default_adapter_path("heads", real_engine.model_name))
+    assert [src.name for src in real_engine.drafter("auto", {"adapter": heads}).sources] == [
+        "pld-tree", "recycle", "ngram", "heads", "eagle"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -60,6 +62,7 @@ def test_decoding_guesses_what_training_evaluates(target):
             assert lazy.propose(quiet).tokens == ()
             lazy.observe(StepOutcome(draft=Draft(), path=(), tokens=(seq.ids[at + 1],),
                                      target_logits=torch.zeros(1, 4), target_hidden=hidden[at: at + 1]))
+        assert lazy._cache.get_seq_length() == 0  # nothing ran while it was not asked
         assert lazy.propose(context).tokens == tuple(want[1])
 
 
@@ -76,6 +79,29 @@ def test_a_context_it_did_not_follow_starts_over(target, tmp_path):
                                 target_hidden=hidden[:1]))
     # the tokens are not those it followed (two more than it observed): no guess, a fresh start
     assert drafter.propose(DraftContext(tokens=torch.arange(10).numpy(), prompt_len=3, budget=8)).tokens == ()
+
+
+def test_while_not_asked_it_catches_up_in_pieces(target, tmp_path):
+    from quickdraft.drafters.eagle import CATCH_UP
+
+    path = tmp_path / "eagle.safetensors"
+    save_adapter(path, untrained_adapter(target, "eagle", vocab=32, intermediate=8))
+    drafter = build_eagle(target, {"adapter": str(path), "nodes": 4})
+    hidden = torch.randn(CATCH_UP + 8, target.model.config.hidden_size).to(target.dtype)
+    drafter.observe_prompt(torch.arange(4).numpy(), hidden[:3])
+    quiet = DraftContext(tokens=torch.arange(4).numpy(), prompt_len=4, budget=8, nodes=0)
+    assert drafter.propose(quiet).tokens == () and drafter._cache.get_seq_length() == 0  # 3 waiting: later
+    drafter.observe(StepOutcome(draft=Draft(), path=(), tokens=(9,), target_logits=torch.zeros(1, 4),
+                                target_hidden=hidden[3:4]))
+    big = StepOutcome(draft=Draft(tokens=tuple(range(CATCH_UP))), path=tuple(range(1, CATCH_UP + 1)),
+                      tokens=tuple(range(CATCH_UP + 1)), target_logits=torch.zeros(CATCH_UP + 1, 4),
+                      target_hidden=hidden[4: CATCH_UP + 5])
+    drafter.propose(replace(quiet, tokens=torch.arange(5).numpy()))
+    drafter.observe(big)
+    tokens = torch.arange(5 + CATCH_UP + 1).numpy()
+    assert drafter.propose(replace(quiet, tokens=tokens)).tokens == ()
+    assert drafter._cache.get_seq_length() == len(tokens) - 1  # caught up to the root, without drafting
+    assert len(drafter.propose(DraftContext(tokens=tokens, prompt_len=4, budget=8))) == 4  # asked: drafts at once
 
 
 def test_broken_eagle_adapters_are_clear_errors(target, tmp_path):
