@@ -604,17 +604,16 @@ def build(ctx: BuildContext) -> Drafter:
     for name in names:
         spec = SOURCES[name]
         sub = {**inputs, **spec.options, **({"nodes": max_nodes} if spec.sized else {})}
-        try:
-            built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=sub))))
-        except QuickdraftError:
-            if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
-                raise
-            if spec.shipped and "adapter" in sub:  # another kind's adapter was given: the shipped one, if any
-                try:
-                    shipped = {k: v for k, v in sub.items() if k != "adapter"}
-                    built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=shipped))))
-                except QuickdraftError:
-                    pass
+        tries = [sub]
+        if not explicit and spec.needs == "adapter" and spec.shipped and "adapter" in sub:
+            tries.append({k: v for k, v in sub.items() if k != "adapter"})  # another kind's given: the shipped one
+        for options_tried in tries:
+            try:
+                built.append((spec, get_method(name).build(BuildContext(target=ctx.target, options=options_tried))))
+                break
+            except QuickdraftError:
+                if explicit or spec.needs != "adapter":  # none for this model, or the one given is another kind's
+                    raise
     prior, contextual = latency_prior(ctx.target)
     latency = LatencyModel(prior, max_nodes=max_nodes, contextual=contextual)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),

@@ -21,11 +21,12 @@ Decoding: after each verification the features of the root and the accepted
 nodes (the engine returns the target's hidden states: ``wants_hidden``) are
 kept (the prompt's, from the prefill, at the start: ``observe_prompt``); when
 it is next asked for a draft (or, while it is not asked, once 32 are waiting),
-one pass of the layer appends all of them to the drafter's own KV cache, then a tree is rolled out ``depth`` deep from the last
-one as in EAGLE-2 (:func:`tree_rollout`: the ``topk`` most probable paths are
-expanded at each depth, all in one pass of the layer, so an alternative guess
-gets children of its own; the rolled-out entries are dropped again) and the
-draft is its most probable nodes (:func:`top_nodes`; node budget from the
+one pass of the layer appends all of them to the drafter's own KV cache, then
+a tree is rolled out ``depth`` deep from the last one as in EAGLE-2
+(:func:`tree_rollout`: the ``topk`` most probable paths are expanded at each
+depth, all in one pass of the layer, so an alternative guess gets children of
+its own; the rolled-out entries are dropped again) and the draft is its most
+probable nodes (:func:`top_nodes`; node budget from the
 hardware profile as for ``heads``). Reading the prompt's features lets it
 follow text the answer copies from the prompt. Lossless like every method:
 the target verifies.
@@ -44,6 +45,7 @@ from transformers import AutoModel, DynamicCache
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..tree import ancestor_mask
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import GuessTreeDrafter
@@ -129,7 +131,8 @@ class EagleDrafter(GuessTreeDrafter):
     drafter: the trained :class:`FeatureDrafter` (on the target's device and
     dtype); embed: the target's input embedding; head: [V', H] the target's
     output-layer rows for ``drafter.vocab``; depth: guesses rolled out per
-    step (2: measured here, a third depth costs more than it is accepted); topk: paths expanded per depth; pool: candidates kept per depth (default
+    step (2: measured here, a third depth costs more than it is accepted);
+    topk: paths expanded per depth; pool: candidates kept per depth (default
     ``2 * topk``); nodes or budget: as for ``heads``.
     """
 
@@ -298,13 +301,9 @@ def tree_rollout(drafter: FeatureDrafter, embed: nn.Module, head: torch.Tensor, 
             entry_of[i] = len(entry_parent)
             entry_parent.append(entry_of.get(parents[i], -1))
         k, rolled = len(frontier), len(entry_parent)
-        allowed = torch.zeros(k, committed + rolled, dtype=torch.bool)
-        allowed[:, :committed] = True
-        for row, i in enumerate(frontier):
-            e = entry_of[i]
-            while e >= 0:
-                allowed[row, committed + e] = True
-                e = entry_parent[e]
+        allowed = torch.ones(k, committed + rolled, dtype=torch.bool)
+        # the rolled-out entries as a tree under a stand-in root (node e + 1 is entry e): each sees its ancestors
+        allowed[:, committed:] = ancestor_mask([p + 1 for p in entry_parent])[rolled - k + 1:, 1:]
         mask = torch.zeros(1, 1, k, committed + rolled, dtype=feeding.dtype)
         mask.masked_fill_(~allowed, torch.finfo(feeding.dtype).min)
         ids = torch.tensor([[tokens[i] for i in frontier]], device=out.device)

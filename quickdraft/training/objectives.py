@@ -278,7 +278,7 @@ class EagleObjective(_ReadsHidden):
         torch.manual_seed(seed)
         lm = model.get_output_embeddings().weight.detach()  # [V, H]
         if sequences or extra:  # the model's own answers' tokens first, then the extra text's
-            chosen = frequent_tokens(sequences or [], vocab, lm.shape[0]) if sequences else torch.empty(0, dtype=torch.long)
+            chosen = frequent_tokens(sequences, vocab, lm.shape[0]) if sequences else torch.empty(0, dtype=torch.long)
             if extra and len(chosen) < vocab:
                 more = frequent_tokens(extra, vocab, lm.shape[0])
                 more = more[~torch.isin(more, chosen)][: vocab - len(chosen)]
