@@ -16,6 +16,20 @@ import torch
 from .errors import QuickdraftError
 
 
+def argmax_rows(logits: torch.Tensor) -> list[int]:
+    """The index of each row's largest entry (the first one on a tie, as ``argmax``): [N, V] -> N ids.
+
+    ``max(dim=-1)`` rather than ``argmax``: on this CPU torch's bfloat16
+    ``argmax`` is 3-5x slower (about 1 ms for a tree's 10 rows of 49k logits,
+    measured), and it runs on every verification step. Same result, ties and
+    NaN included.
+
+    >>> argmax_rows(torch.tensor([[0.0, 2.0, 2.0], [5.0, 1.0, 0.0]], dtype=torch.bfloat16))
+    [1, 0]
+    """
+    return logits.max(dim=-1).indices.tolist()
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the target distribution is shaped.

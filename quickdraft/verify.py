@@ -15,11 +15,11 @@ node ``i`` predict the token after node ``i``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .sampling import sample
+from .sampling import argmax_rows, sample
 from .tree import children
 
 
@@ -30,10 +30,13 @@ class Verdict:
     path: node indices (>= 1) of the accepted draft tokens, root to leaf.
     tokens: emitted token ids: the accepted draft tokens, then the recovered or
         bonus token. ``len(tokens) == len(path) + 1``.
+    best: the target's argmax at the root and every node, when the verifier
+        computed it (greedy); drafters learn from it (``StepOutcome.argmax``).
     """
 
     path: tuple[int, ...]
     tokens: tuple[int, ...]
+    best: tuple[int, ...] | None = field(default=None, repr=False, compare=False)  # greedy: argmax per node
 
     @property
     def accepted(self) -> int:
@@ -54,12 +57,12 @@ def verify_greedy(target_logits: torch.Tensor, draft_tokens: list[int]) -> Verdi
     """
     k = len(draft_tokens)
     assert target_logits.shape[0] == k + 1, f"need {k + 1} logit rows, got {target_logits.shape[0]}"
-    best = target_logits.argmax(dim=-1).tolist()  # [k + 1]
+    best = argmax_rows(target_logits)  # [k + 1]
     accepted = 0
     while accepted < k and draft_tokens[accepted] == best[accepted]:
         accepted += 1
     tokens = tuple(draft_tokens[:accepted]) + (best[accepted],)
-    return Verdict(path=tuple(range(1, accepted + 1)), tokens=tokens)
+    return Verdict(path=tuple(range(1, accepted + 1)), tokens=tokens, best=tuple(best))
 
 
 def verify_sampling(
@@ -135,7 +138,7 @@ def verify_tree_greedy(target_logits: torch.Tensor, draft_tokens: list[int], par
     """
     n = len(draft_tokens)
     assert target_logits.shape[0] == n + 1, f"need {n + 1} logit rows, got {target_logits.shape[0]}"
-    best = target_logits.argmax(dim=-1).tolist()  # [n + 1]
+    best = argmax_rows(target_logits)  # [n + 1]
     child_by_token: dict[tuple[int, int], int] = {}
     for node, (parent, token) in enumerate(zip(parents, draft_tokens), start=1):
         child_by_token.setdefault((parent, token), node)
@@ -147,7 +150,7 @@ def verify_tree_greedy(target_logits: torch.Tensor, draft_tokens: list[int], par
         tokens.append(best[node])
         node = child
     tokens.append(best[node])
-    return Verdict(path=tuple(path), tokens=tuple(tokens))
+    return Verdict(path=tuple(path), tokens=tuple(tokens), best=tuple(best))
 
 
 def verify_tree_sampling(

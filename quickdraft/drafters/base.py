@@ -14,11 +14,12 @@ no drafter can make decoding lossy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
-from ..sampling import SamplingParams
+from ..sampling import SamplingParams, argmax_rows
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class StepOutcome:
     target_hidden: [n + 1, H] the target's final hidden state (its lm_head's
         input) at the root and every node; only for a drafter with ``wants_hidden``.
     extra_logits: [m, V] the logits at the draft's extra embeddings, if any.
+    target_argmax: the argmax of ``target_logits`` per row, when the verifier
+        computed it already (read it through :attr:`argmax`).
     """
 
     draft: Draft
@@ -113,6 +116,14 @@ class StepOutcome:
     target_logits: torch.Tensor = field(repr=False)
     target_hidden: torch.Tensor | None = field(default=None, repr=False)
     extra_logits: torch.Tensor | None = field(default=None, repr=False)
+    target_argmax: tuple[int, ...] | None = field(default=None, repr=False)
+
+    @cached_property
+    def argmax(self) -> tuple[int, ...]:
+        """The target's argmax at the root and every node: [n + 1] token ids (computed at most once)."""
+        if self.target_argmax is not None:
+            return self.target_argmax
+        return tuple(argmax_rows(self.target_logits))
 
 
 class Drafter:

@@ -160,8 +160,10 @@ def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int], extras: li
         extra_logits = outcome.extra_logits[torch.tensor(extras, device=outcome.extra_logits.device)]
     view = Draft(tokens=tuple(tokens), parents=tuple(parents), draft_probs=probs, extra_embeds=extra_embeds,
                  extra_parents=extra_parents)
+    best = outcome.target_argmax
     return replace(outcome, draft=view, path=tuple(path), target_logits=gather(outcome.target_logits),
-                   target_hidden=gather(getattr(outcome, "target_hidden", None)), extra_logits=extra_logits)
+                   target_hidden=gather(getattr(outcome, "target_hidden", None)), extra_logits=extra_logits,
+                   target_argmax=None if best is None else tuple(best[r] for r in rows))
 
 
 def _kept_extras(draft: Draft, node_of: list[int]) -> list[int]:

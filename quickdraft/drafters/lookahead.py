@@ -224,7 +224,7 @@ class LookaheadDrafter(Drafter):
         if width == 0 or tuple(draft.tokens[:width]) != tuple(window) or tuple(parents[:width]) != tuple(range(width)):
             self._window = []  # the window was not verified as proposed; start afresh
             return
-        best = outcome.target_logits[: width + 1].argmax(dim=-1).tolist()  # [width + 1]: root, window nodes
+        best = outcome.argmax[: width + 1]  # root, window nodes
         self.pool.add(collect_ngrams(self._root, window, best[1:], self.n))
         # best[j]: the guess for the token j + 1 places after the root (one Jacobi iteration)
         self._window = next_window(best, len(outcome.tokens), self.width, self._pad(self.width))

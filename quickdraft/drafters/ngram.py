@@ -267,7 +267,7 @@ class NgramDrafter(Drafter):
         parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
         node_token = (self._history[-1], *draft.tokens)  # token of node i
         committed_nodes = {0, *outcome.path}
-        best = outcome.target_logits.argmax(dim=-1).tolist()  # [n + 1]
+        best = outcome.argmax  # [n + 1]
         for node in range(1, len(draft) + 1):
             if node in committed_nodes:
                 continue
