@@ -379,15 +379,28 @@ def index() -> None:
 
 
 @index.command("build")
-@click.argument("corpus", nargs=-1, required=True)
+@click.argument("corpus", nargs=-1)
 @click.option("--out", required=True, help="datastore directory to write")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="the model whose tokenizer to use")
-def index_build(corpus, out, model) -> None:
+@click.option("--answers", default=None,
+              help="also index the model's own greedy answers to these prompts: builtin, selfinstruct or a file, "
+                   "as for `quickdraft train --data` (generated once, cached with the training data)")
+@click.option("--answer-tokens", type=int, default=160, show_default=True, help="--answers: longest answer")
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True, help="--answers: the model's dtype")
+@click.option("--threads", type=int, default=None, help="--answers: torch CPU threads")
+def index_build(corpus, out, model, answers, answer_tokens, dtype, threads) -> None:
     """Index CORPUS files (text, or JSONL with text/turns fields) for `generate --method rest --datastore OUT`."""
-    from .datastore import index_corpus
+    from .datastore import index_answers, index_corpus
 
-    meta = index_corpus(list(corpus), out, model=model)
-    click.echo(f"indexed {meta['tokens']} tokens in {meta['documents']} documents from {len(corpus)} file(s) "
+    if answers:
+        meta = index_answers(answers, out, model=model, corpus=list(corpus), max_new_tokens=answer_tokens,
+                             dtype=dtype, threads=threads)
+    elif not corpus:
+        raise click.UsageError("give CORPUS files, --answers DATA, or both")
+    else:
+        meta = index_corpus(list(corpus), out, model=model)
+    origin = f"from {len(corpus)} file(s)" if not answers else f"({'; '.join(meta['sources'])})"
+    click.echo(f"indexed {meta['tokens']} tokens in {meta['documents']} documents {origin} "
                f"with the tokenizer of {meta['model']} -> {out}")
 
 

@@ -12,7 +12,11 @@ never occurs in a query, so a match never runs across two documents.
 
 Build one with ``quickdraft index build CORPUS... --out DIR [--model M]`` or
 :func:`build_datastore`; open it with :meth:`Datastore.open`, which refuses a
-datastore made with another tokenizer.
+datastore made with another tokenizer. ``--answers DATA`` indexes the model's
+own greedy answers to a prompt set instead (or as well): what the model tends
+to say is what a drafter should guess (:func:`index_answers`). The embedded
+model's datastore of its answers to ``selfinstruct`` ships with quickdraft
+(:func:`shipped_datastore`), so ``rest`` works without ``--datastore`` there.
 """
 
 from __future__ import annotations
@@ -311,6 +315,7 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes the directory private; a datastore is ordinary data
     try:
         np.save(tmp / "tokens.npy", tokens, allow_pickle=False)
         np.save(tmp / "suffix_array.npy", suffix_array, allow_pickle=False)
@@ -350,7 +355,49 @@ def index_corpus(corpus: Sequence[str], out: str | os.PathLike, *, model: str) -
     return build_datastore(texts, tokenizer, out, model_name=name, sources=[str(Path(p)) for p in corpus])
 
 
+def index_answers(data: str, out: str | os.PathLike, *, model: str, corpus: Sequence[str] = (),
+                  max_new_tokens: int = 160, dtype: str = "auto", threads: int | None = None, engine=None,
+                  data_cache: Path | None = None) -> dict:
+    """What ``quickdraft index build --answers DATA`` does; returns the metadata.
+
+    The model's greedy answers (EOS included, prompts left out) to the prompts
+    of ``data`` (``builtin``, ``selfinstruct`` or a file, as for ``quickdraft
+    train --data``; generated once and cached with the training data, so a
+    datastore and an adapter trained on the same data share them), plus the
+    ``corpus`` files, if any, as documents.
+    """
+    from .adapters import model_sha256
+    from .engine import load
+    from .models import cache_dir
+    from .training.data import build_dataset, read_prompts
+
+    _check_out(Path(out))
+    texts = [text for path in corpus for text in read_documents(path)]  # checks every file before the long part
+    prompts = read_prompts(data)
+    engine = engine or load(model, dtype=dtype, threads=threads)
+    target = engine.target
+    dataset = build_dataset(engine, prompts, model_sha256=model_sha256(target), max_new_tokens=max_new_tokens,
+                            cache=data_cache or cache_dir() / "train")
+    parts = []
+    for seq in dataset.train + dataset.held_out:
+        parts += [np.asarray(seq.ids[seq.prompt_len:], dtype=np.int32), np.array([SEP], dtype=np.int32)]
+    if texts:
+        parts.append(tokenize_documents(texts, target.tokenizer))
+    sources = [f"answers of {target.name} to {data} ({len(dataset.train) + len(dataset.held_out)} prompts, "
+               f"at most {max_new_tokens} tokens each)", *(str(Path(p)) for p in corpus)]
+    return save_datastore(np.concatenate(parts), target.tokenizer, out, model_name=target.name, sources=sources)
+
+
+def shipped_datastore(model_name: str) -> Path | None:
+    """The datastore shipped for a model (its own answers, see the module docstring), if there is one."""
+    from .adapters import SHIPPED
+
+    path = SHIPPED / f"rest-{model_name}"
+    return path if (path / "meta.json").is_file() else None
+
+
 __all__ = [
-    "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "index_corpus", "load_tokenizer",
-    "read_documents", "save_datastore", "tokenize_documents", "tokenizer_fingerprint",
+    "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "index_answers", "index_corpus",
+    "load_tokenizer", "read_documents", "save_datastore", "shipped_datastore", "tokenize_documents",
+    "tokenizer_fingerprint",
 ]

@@ -5,15 +5,17 @@ that occurs in a datastore (:mod:`quickdraft.datastore`, a suffix array over
 a tokenized corpus) is looked up; the tokens that followed its occurrences
 are merged into a draft tree, most frequent prefixes first
 (:func:`retrieval_tree`). Build a datastore with
-``quickdraft index build CORPUS... --out DIR`` and select it with
-``--datastore DIR`` (option ``datastore``).
+``quickdraft index build CORPUS... --out DIR`` (or ``--answers DATA``: the
+model's own answers to a prompt set) and select it with ``--datastore DIR``
+(option ``datastore``); without one, the datastore shipped for the model (the
+embedded model's answers to ``selfinstruct``) is used, if there is one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..datastore import SEP, Datastore
+from ..datastore import SEP, Datastore, shipped_datastore
 from ..errors import QuickdraftError
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from ..tree import TokenTrie
@@ -112,10 +114,11 @@ class RestDrafter(Drafter):
 @register("rest", lossless=True,
           description="retrieval (REST): continuations of the longest context suffix in a datastore, as a tree")
 def build(ctx: BuildContext) -> Drafter:
-    path = ctx.options.get("datastore")
+    path = ctx.options.get("datastore") or shipped_datastore(ctx.target.name)
     if not path:
-        raise QuickdraftError("method 'rest' needs a datastore: build one with "
-                              "`quickdraft index build CORPUS... --out DIR` and pass --datastore DIR")
+        raise QuickdraftError(f"method 'rest' needs a datastore (none is shipped for model {ctx.target.name}): "
+                              "build one with `quickdraft index build CORPUS... --out DIR` (or --answers "
+                              "selfinstruct: the model's own answers) and pass --datastore DIR")
     datastore = Datastore.open(path, tokenizer=ctx.target.tokenizer, model_name=ctx.target.name)
     options = ctx.pick("nodes", "max_len", "min_len", "depth", "limit")
     budget = None if options.get("nodes") else adaptive_node_budget(ctx.target)

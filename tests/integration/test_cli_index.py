@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -76,4 +77,30 @@ def test_bad_index_and_datastore_input_is_one_line_and_exit_code_2(cli, tiny_dir
     fails([*generate, "--method", "rest", "--datastore", str(tmp_path / "other-ds")],
           "was built with the tokenizer of model 'other-model'")
     out = cli.invoke(main, ["index", "build", "--out", str(tmp_path / "ds")])
-    assert out.exit_code == 2 and "Missing argument" in out.output
+    assert out.exit_code == 2 and "give CORPUS files, --answers DATA, or both" in out.output
+
+
+def test_index_build_answers_indexes_the_models_own_answers(cli, tiny_dir, tmp_path, monkeypatch):
+    """--answers: the model's greedy answers (prompts left out, EOS kept) to a prompt file, plus a corpus."""
+    from quickdraft import load
+    from quickdraft.datastore import SEP, Datastore
+
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("abc abc\nthe quick brown fox\n")
+    (tmp_path / "extra.txt").write_text("a corpus document")
+    out = cli.invoke(main, ["index", "build", str(tmp_path / "extra.txt"), "--answers", str(prompts), "--out",
+                            str(tmp_path / "ds"), "--model", str(tiny_dir), "--answer-tokens", "6",
+                            "--dtype", "float32"])
+    assert out.exit_code == 0, out.output
+    assert "answers of" in out.output and "extra.txt" in out.output
+    store = Datastore.open(tmp_path / "ds")
+    docs = np.split(store.index.tokens, np.flatnonzero(store.index.tokens == SEP) + 1)[:-1]
+    assert len(docs) == 3  # two answers, then the corpus document
+    cached = list((tmp_path / "cache" / "train").glob("selfdistill-*.json"))  # shared with quickdraft train
+    assert len(cached) == 1
+    data = json.loads(cached[0].read_text())
+    answers = [s["ids"][s["prompt_len"]:] for s in data["train"] + data["held_out"]]
+    assert [doc[:-1].tolist() for doc in docs[:2]] == answers and all(len(a) > 0 for a in answers)
+    engine = load(str(tiny_dir), dtype="float32")
+    assert docs[2][:-1].tolist() == engine.tokenizer.encode("a corpus document", add_special_tokens=False)

@@ -62,3 +62,16 @@ def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_o
 def test_default_model_json_metadata(real_engine):
     r = real_engine.generate("Say hi.", max_new_tokens=4)
     assert r.model == "smollm2-135m-instruct" and 1 <= len(r.token_ids) <= 4
+
+
+def test_shipped_datastore_drafts_for_rest_and_primes_ngram(real_engine, plain_results):
+    """Without a datastore given, rest retrieves from the shipped one (the model's own answers) and ngram
+    starts from it: both equal plain greedy and get drafts accepted, and on an open question (little to copy
+    from the prompt) ngram with the prior needs fewer steps than ngram starting empty."""
+    assert_method_equals_plain(real_engine, plain_results, "rest", None)
+    fresh = {"prior_weight": 0.05}  # a drafter of its own: the shared one learned from earlier tests
+    got = real_engine.generate(PROMPTS[1], method="ngram", max_new_tokens=NEW_TOKENS, options=fresh)
+    empty = real_engine.generate(PROMPTS[1], method="ngram", max_new_tokens=NEW_TOKENS,
+                                 options={"prior": "none", "prior_weight": 0.05})
+    assert got.token_ids == empty.token_ids == plain_results[PROMPTS[1]].token_ids
+    assert got.stats.steps < empty.stats.steps  # the prior's statistics pay on an open question

@@ -178,3 +178,14 @@ def test_rest_drafter_proposes_what_followed_the_longest_match(tmp_path, tokeniz
     assert set(short.parents) == {0}
     none = np.array(tokenizer.encode("QQQ", add_special_tokens=False), dtype=np.int64)
     assert len(drafter.propose(DraftContext(tokens=none, prompt_len=3, budget=8))) == 0
+
+
+def test_the_embedded_models_datastore_ships_and_opens():
+    """Its own answers to selfinstruct (quickdraft index build --answers selfinstruct): rest's default there."""
+    from quickdraft.datastore import shipped_datastore
+
+    path = shipped_datastore("smollm2-135m-instruct")
+    assert path is not None and shipped_datastore("tiny-model0") is None
+    store = Datastore.open(path)
+    assert store.meta["model"] == "smollm2-135m-instruct" and store.meta["documents"] > 1000
+    assert "selfinstruct" in store.meta["sources"][0] and len(store.index) == store.meta["tokens"]

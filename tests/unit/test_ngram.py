@@ -156,3 +156,37 @@ def test_exploration_bonus_prefers_little_known_contexts():
 def test_bad_settings_raise(bad):
     with pytest.raises(ValueError):
         NgramDrafter(**bad)
+
+
+# ---------------------------------------------------------------- a prior from a datastore
+
+
+def test_learn_documents_does_not_learn_across_separators():
+    table = NgramTable(decay=1.0)
+    table.learn_documents(np.array([1, 2, 3, -1, 2, 3, -1, 4], dtype=np.int32), weight=0.5)
+    assert table.successors((1, 2)) == [(3, 0.5)]
+    assert table.successors((2,)) == [(3, 1.0)]
+    assert table.successors((3,)) == []  # 3 ends two documents: nothing follows it
+    assert table.successors((4,)) == [] and len(table) == 3
+
+
+def test_ngram_prior_option(tiny_engine, tmp_path):
+    """prior: a datastore's documents at prior_weight; 'none' and a model without a shipped one: empty."""
+    from quickdraft.drafters import BuildContext, get_method
+    from tests.conftest import make_datastore
+
+    path = make_datastore(tiny_engine, ["abc abd abc abd"], tmp_path / "ds")
+    ids = tiny_engine.tokenizer.encode("abc abd abc abd", add_special_tokens=False)
+
+    def build(**options):
+        return get_method("ngram").build(BuildContext(target=tiny_engine.target, options=options))
+
+    learned = build(prior=str(path), prior_weight=0.25)
+    reference = NgramTable()
+    reference.learn(ids, weight=0.25)
+    assert len(learned.table) == len(reference) > 0
+    assert learned.table.successors((ids[0], ids[1])) == reference.successors((ids[0], ids[1]))
+    assert len(build(prior="none").table) == 0
+    assert len(build().table) == 0  # the default, "shipped": none is shipped for the tiny model
+    with pytest.raises(Exception, match="not a quickdraft datastore"):
+        build(prior=str(tmp_path))
