@@ -97,7 +97,8 @@ def _sources_text(sources: dict[str, dict[str, int]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of streaming text")
 @click.option("--adapter", default=None, help="trained drafter adapter (.safetensors) for ppd/heads "
               "[default: the one shipped for the model]")
-@click.option("--datastore", default=None, help="retrieval datastore for rest (see `quickdraft index build`)")
+@click.option("--datastore", default=None, help="retrieval datastore for rest (see `quickdraft index build`) "
+              "[default: the one shipped for the model]")
 @click.option("--draft-model", default=None, help="draft model for draft/draft-tree (same forms as --model)")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="drafter option (repeatable); e.g. k=4, tree=true, skip=4,6,8")
