@@ -13,6 +13,12 @@ always distinct tokens (a matrix row holds k distinct tokens). The matrix is
 the drafter's only state beyond a few counters: ``V * k * 4`` bytes (1.5 MB
 for SmolLM2's 49,152 tokens at k = 8). It persists across the requests of an
 engine; :meth:`TokenRecycling.reset` keeps it.
+
+The matrix starts empty, or (option ``prior``, as for ``ngram``: a datastore
+directory, default ``shipped``, the one shipped for the model, ``none``) from
+the successors seen most often after each token in a datastore
+(:func:`successor_matrix`): for the embedded model, its own answers. Rows are
+overwritten by the target's own top-k as soon as it is verified there.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..datastore import SEP, Datastore, shipped_datastore
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
@@ -96,6 +103,27 @@ def expand_template(
         token_of.append(token)
         depth_of.append(depth_of[node] + 1)
     return tuple(tokens), tuple(parents)
+
+
+def successor_matrix(tokens: np.ndarray, vocab_size: int, k: int, separator: int = -1) -> np.ndarray:
+    """[V, k] int32: the k tokens seen most often right after each token (most often first; ties: the
+    smaller id), -1 where fewer were seen. tokens: [N] documents each ended by ``separator``.
+
+    >>> successor_matrix(np.array([1, 2, 1, 3, 1, 2, -1, 2, 1]), vocab_size=4, k=2).tolist()
+    [[-1, -1], [2, 3], [1, -1], [1, -1]]
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    first, then = tokens[:-1], tokens[1:]
+    keep = (first != separator) & (then != separator) & (first < vocab_size) & (then < vocab_size)
+    pairs, counts = np.unique(first[keep] * vocab_size + then[keep], return_counts=True)
+    rows, successors = pairs // vocab_size, pairs % vocab_size
+    order = np.lexsort((successors, -counts, rows))  # by row, then most frequent, then smaller id
+    rows, successors = rows[order], successors[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within the row
+    out = np.full((vocab_size, k), -1, dtype=np.int32)
+    top = rank < k
+    out[rows[top], rank[top]] = successors[top]
+    return out
 
 
 def update_adjacency(adjacency: torch.Tensor, node_tokens: Sequence[int], target_logits: torch.Tensor,
@@ -236,7 +264,16 @@ def build(ctx: BuildContext) -> Drafter:
     budget = None if opts.get("nodes") else adaptive_node_budget(ctx.target)
     if budget is None and not opts.get("nodes"):
         opts["nodes"] = 16
-    return TokenRecycling(int(ctx.target.vocab_size), budget=budget, **opts)
+    drafter = TokenRecycling(int(ctx.target.vocab_size), budget=budget, **opts)
+    prior = ctx.options.get("prior", "shipped")
+    if prior and prior != "none":
+        path = shipped_datastore(ctx.target.name) if prior == "shipped" else prior
+        if path is not None:  # "shipped" for a model with none: an empty matrix
+            datastore = Datastore.open(path, tokenizer=ctx.target.tokenizer, model_name=ctx.target.name)
+            drafter.adjacency.copy_(torch.from_numpy(
+                successor_matrix(datastore.index.tokens, drafter.adjacency.shape[0], drafter.adjacency.shape[1], SEP)))
+    return drafter
 
 
-__all__ = ["RankHits", "TokenRecycling", "expand_template", "rank_template", "update_adjacency"]
+__all__ = ["RankHits", "TokenRecycling", "expand_template", "rank_template", "successor_matrix",
+           "update_adjacency"]

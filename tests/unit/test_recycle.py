@@ -148,3 +148,40 @@ def test_the_template_deepens_when_the_top_candidate_is_always_right():
         last = verdict.tokens[-1]
     assert drafter.stats()["rank_probs"][0] > 0.6
     assert max(depths(drafter.template[0])) > before
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_successor_matrix_equals_counting_by_hand(seed):
+    from collections import Counter
+
+    from quickdraft.drafters.recycle import successor_matrix
+
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(-1, 6, size=300)  # -1: document ends
+    counts = {a: Counter() for a in range(6)}
+    for a, b in zip(tokens[:-1], tokens[1:]):
+        if a >= 0 and b >= 0:
+            counts[a][b] += 1
+    got = successor_matrix(tokens, vocab_size=6, k=3)
+    for a in range(6):
+        best = sorted(counts[a], key=lambda b: (-counts[a][b], b))[:3]
+        assert got[a].tolist() == best + [-1] * (3 - len(best))
+
+
+def test_recycle_prior_option(tiny_engine, tmp_path):
+    """prior: the matrix starts from a datastore's successor counts; 'none' and no shipped one: empty."""
+    from quickdraft.datastore import Datastore
+    from quickdraft.drafters import BuildContext, get_method
+    from quickdraft.drafters.recycle import successor_matrix
+    from tests.conftest import make_datastore
+
+    path = make_datastore(tiny_engine, ["abc abd abc abd", "the quick brown fox"], tmp_path / "ds")
+
+    def build(**options):
+        return get_method("recycle").build(BuildContext(target=tiny_engine.target, options=options))
+
+    primed = build(prior=str(path))
+    expected = successor_matrix(Datastore.open(path).index.tokens, primed.adjacency.shape[0], 8)
+    assert (primed.adjacency.numpy() == expected).all() and (expected[:, 0] >= 0).sum() > 3
+    for empty in (build(prior="none"), build()):  # none is shipped for the tiny model
+        assert (empty.adjacency == -1).all()
