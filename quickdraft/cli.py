@@ -390,7 +390,8 @@ def index() -> None:
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True, help="--answers: the model's dtype")
 @click.option("--threads", type=int, default=None, help="--answers: torch CPU threads")
 def index_build(corpus, out, model, answers, answer_tokens, dtype, threads) -> None:
-    """Index CORPUS files (text, or JSONL with text/turns fields) for `generate --method rest --datastore OUT`."""
+    """Index CORPUS files (text, or JSONL with text/turns fields) and/or the model's own answers (--answers) for
+    `generate --method rest --datastore OUT` (or as ngram's and recycle's prior: --option prior=OUT)."""
     from .datastore import index_answers, index_corpus
 
     if answers:

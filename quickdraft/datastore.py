@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +34,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import QuickdraftError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "quickdraft-datastore"
 VERSION = 1
@@ -315,7 +318,9 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes the directory private; a datastore is ordinary data
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes the directory private; a datastore is ordinary data
     try:
         np.save(tmp / "tokens.npy", tokens, allow_pickle=False)
         np.save(tmp / "suffix_array.npy", suffix_array, allow_pickle=False)
@@ -372,6 +377,8 @@ def index_answers(data: str, out: str | os.PathLike, *, model: str, corpus: Sequ
     from .training.data import build_dataset, read_prompts
 
     _check_out(Path(out))
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        raise QuickdraftError(f"the answers' length must be a positive number of tokens, got {max_new_tokens!r}")
     texts = [text for path in corpus for text in read_documents(path)]  # checks every file before the long part
     prompts = read_prompts(data)
     engine = engine or load(model, dtype=dtype, threads=threads)
@@ -388,6 +395,30 @@ def index_answers(data: str, out: str | os.PathLike, *, model: str, corpus: Sequ
     return save_datastore(np.concatenate(parts), target.tokenizer, out, model_name=target.name, sources=sources)
 
 
+def prior_datastore(target, prior: str | None) -> Datastore | None:
+    """The datastore a drafter's ``prior`` option names (``ngram`` and ``recycle`` start from it).
+
+    None or ``shipped`` (the default): the one shipped for the model, if there
+    is one; if it does not fit the model's tokenizer, none (logged: a default
+    must never break decoding). ``none``: none. Anything else is a datastore
+    directory, opened and checked as for ``rest`` (errors are the user's).
+    """
+    if prior is None or prior == "shipped":
+        path = shipped_datastore(target.name)
+        if path is None:
+            return None
+        try:
+            return Datastore.open(path, tokenizer=target.tokenizer, model_name=target.name)
+        except QuickdraftError as exc:
+            log.warning("the shipped datastore does not fit this model; no prior: %s", exc)
+            return None
+    if not isinstance(prior, str) or not prior.strip():
+        raise QuickdraftError(f"prior must be 'shipped', 'none' or a datastore directory, got {prior!r}")
+    if prior == "none":
+        return None
+    return Datastore.open(prior, tokenizer=target.tokenizer, model_name=target.name)
+
+
 def shipped_datastore(model_name: str) -> Path | None:
     """The datastore shipped for a model (its own answers, see the module docstring), if there is one."""
     from .adapters import SHIPPED
@@ -398,6 +429,6 @@ def shipped_datastore(model_name: str) -> Path | None:
 
 __all__ = [
     "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "index_answers", "index_corpus",
-    "load_tokenizer", "read_documents", "save_datastore", "shipped_datastore", "tokenize_documents",
+    "load_tokenizer", "prior_datastore", "read_documents", "save_datastore", "shipped_datastore", "tokenize_documents",
     "tokenizer_fingerprint",
 ]

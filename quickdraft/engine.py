@@ -329,7 +329,8 @@ def decode(
 
         # 5. observe
         drafter.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits,
-                                    target_hidden=out.hidden, extra_logits=out.extra_logits, target_argmax=verdict.best))
+                                    target_hidden=out.hidden, extra_logits=out.extra_logits,
+                                    target_argmax=verdict.best))
         t3 = time.perf_counter()
 
         stats.steps += 1

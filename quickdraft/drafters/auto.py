@@ -49,7 +49,7 @@ heads adapter is given), heads when one is given, rest with a ``datastore``
 given, and draft with a ``draft_model``; lookahead,
 swift and early-exit only when listed), ``max_nodes`` (32), ``margin`` (0: the trust
 gate already charges what the predictions miss), ``probe_share`` (0.02), and
-``prior`` (passed to the ngram source: its starting statistics). Not
+``prior`` (passed to the ngram and recycle sources: their starting statistics). Not
 a source: ``ppd`` (auto picks the nodes to verify after merging, which would
 leave its prompt tokens without their anchor nodes; ``ppd+ngram`` combines it).
 """

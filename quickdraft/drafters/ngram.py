@@ -43,7 +43,9 @@ import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
-from ..datastore import SEP, Datastore, shipped_datastore
+import numpy as np
+
+from ..datastore import SEP, prior_datastore
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
@@ -104,7 +106,13 @@ class NgramTable:
         self._seen[context] = self._seen.get(context, 0) + 1
 
     def learn_documents(self, tokens, separator: int = -1, weight: float = 1.0) -> None:
-        """Learn every document of a datastore's token array ([N], documents each ended by ``separator``)."""
+        """Learn every document of a datastore's token array ([N], documents each ended by ``separator``).
+
+        As any learning here: counts decay per update, so a context's successors end up a recency-weighted
+        mix of the later documents, at most ``weight / (1 - decay)`` each, and they count as seen (a
+        smaller exploration bonus).
+        """
+        tokens = np.asarray(tokens)
         start = 0
         for end in [int(i) for i in (tokens == separator).nonzero()[0]] + [len(tokens)]:
             if end > start:
@@ -304,13 +312,12 @@ def build(ctx: BuildContext) -> Drafter:
     budget = None if options.get("nodes") else adaptive_node_budget(ctx.target)
     eos = getattr(ctx.target, "eos_ids", frozenset())
     drafter = NgramDrafter(budget=budget, eos_ids=frozenset(eos), **options)
-    prior = ctx.options.get("prior", "shipped")
-    if prior and prior != "none":
-        path = shipped_datastore(ctx.target.name) if prior == "shipped" else prior
-        if path is not None:  # "shipped" for a model with none: no prior
-            datastore = Datastore.open(path, tokenizer=ctx.target.tokenizer, model_name=ctx.target.name)
-            weight = float(ctx.options.get("prior_weight", PRIOR_WEIGHT))
-            drafter.table.learn_documents(datastore.index.tokens, SEP, weight)
+    datastore = prior_datastore(ctx.target, ctx.options.get("prior"))
+    if datastore is not None:
+        weight = float(ctx.options.get("prior_weight", PRIOR_WEIGHT))
+        if not weight > 0:
+            raise ValueError(f"prior_weight must be positive, got {weight}")
+        drafter.table.learn_documents(datastore.index.tokens, SEP, weight)
     return drafter
 
 

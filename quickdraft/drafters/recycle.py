@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..datastore import SEP, Datastore, shipped_datastore
+from ..datastore import SEP, prior_datastore
 from ..profile import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
@@ -265,13 +265,10 @@ def build(ctx: BuildContext) -> Drafter:
     if budget is None and not opts.get("nodes"):
         opts["nodes"] = 16
     drafter = TokenRecycling(int(ctx.target.vocab_size), budget=budget, **opts)
-    prior = ctx.options.get("prior", "shipped")
-    if prior and prior != "none":
-        path = shipped_datastore(ctx.target.name) if prior == "shipped" else prior
-        if path is not None:  # "shipped" for a model with none: an empty matrix
-            datastore = Datastore.open(path, tokenizer=ctx.target.tokenizer, model_name=ctx.target.name)
-            drafter.adjacency.copy_(torch.from_numpy(
-                successor_matrix(datastore.index.tokens, drafter.adjacency.shape[0], drafter.adjacency.shape[1], SEP)))
+    datastore = prior_datastore(ctx.target, ctx.options.get("prior"))
+    if datastore is not None:
+        rows, k = drafter.adjacency.shape
+        drafter.adjacency.copy_(torch.from_numpy(successor_matrix(datastore.index.tokens, rows, k, SEP)))
     return drafter
 
 

@@ -69,9 +69,9 @@ def test_shipped_datastore_drafts_for_rest_and_primes_ngram(real_engine, plain_r
     starts from it: both equal plain greedy and get drafts accepted, and on an open question (little to copy
     from the prompt) ngram with the prior needs fewer steps than ngram starting empty."""
     assert_method_equals_plain(real_engine, plain_results, "rest", None)
-    fresh = {"prior_weight": 0.05}  # a drafter of its own: the shared one learned from earlier tests
+    fresh = {"prior_weight": 0.05, "nodes": 16}  # own drafters (not the shared, taught one); fixed tree size
     got = real_engine.generate(PROMPTS[1], method="ngram", max_new_tokens=NEW_TOKENS, options=fresh)
     empty = real_engine.generate(PROMPTS[1], method="ngram", max_new_tokens=NEW_TOKENS,
-                                 options={"prior": "none", "prior_weight": 0.05})
+                                 options={**fresh, "prior": "none"})
     assert got.token_ids == empty.token_ids == plain_results[PROMPTS[1]].token_ids
     assert got.stats.steps < empty.stats.steps  # the prior's statistics pay on an open question

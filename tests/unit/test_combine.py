@@ -141,3 +141,19 @@ def test_engine_runs_a_combined_method(tiny_engine):
     r = tiny_engine.generate("abcabcabc", method="pld+recycle", max_new_tokens=12, chat=False)
     plain = tiny_engine.generate("abcabcabc", method="ar", max_new_tokens=12, chat=False)
     assert r.token_ids == plain.token_ids and r.method == "pld+recycle"
+
+
+def test_view_carries_the_verifiers_argmax_row_for_row():
+    """The argmax the verifier computed (StepOutcome.target_argmax) follows the gathered logits rows."""
+    from quickdraft.verify import verify_tree_greedy
+
+    merged, maps = merge_drafts([Draft(tokens=(1, 2, 3)), Draft(tokens=(1, 5), parents=(0, 0))], budget=8)
+    logits = coded_logits(4)
+    verdict = verify_tree_greedy(logits, list(merged.tokens), merged.parents)
+    assert verdict.best == tuple(logits.argmax(-1).tolist())
+    outcome = StepOutcome(draft=merged, path=verdict.path, tokens=verdict.tokens, target_logits=logits,
+                          target_argmax=verdict.best)
+    for part, node_of in zip([Draft(tokens=(1, 2, 3)), Draft(tokens=(1, 5), parents=(0, 0))], maps):
+        view = part_view(outcome, part, node_of)
+        assert view.target_argmax is not None
+        assert view.argmax == tuple(view.target_logits.argmax(-1).tolist())

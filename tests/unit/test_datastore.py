@@ -189,3 +189,23 @@ def test_the_embedded_models_datastore_ships_and_opens():
     store = Datastore.open(path)
     assert store.meta["model"] == "smollm2-135m-instruct" and store.meta["documents"] > 1000
     assert "selfinstruct" in store.meta["sources"][0] and len(store.index) == store.meta["tokens"]
+
+
+def test_a_shipped_prior_that_does_not_fit_the_tokenizer_is_left_out(tokenizer, caplog):
+    """The default prior must never break decoding: a shipped datastore for another tokenizer means none."""
+    from types import SimpleNamespace
+
+    from quickdraft.datastore import prior_datastore
+
+    impostor = SimpleNamespace(name="smollm2-135m-instruct", tokenizer=tokenizer)  # the tiny tokenizer
+    assert prior_datastore(impostor, None) is None and prior_datastore(impostor, "shipped") is None
+    assert "does not fit" in caplog.text
+    assert prior_datastore(impostor, "none") is None
+    with pytest.raises(QuickdraftError, match="was built with the tokenizer"):
+        prior_datastore(impostor, str(shipped_datastore_path()))  # named explicitly: the user's error
+
+
+def shipped_datastore_path():
+    from quickdraft.datastore import shipped_datastore
+
+    return shipped_datastore("smollm2-135m-instruct")

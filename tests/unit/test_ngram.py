@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from quickdraft.drafters import Draft, DraftContext, StepOutcome
+from quickdraft.errors import QuickdraftError
 from quickdraft.drafters.ngram import NgramDrafter, NgramTable, best_first_tree
 from quickdraft.tree import depths
 
@@ -188,5 +189,9 @@ def test_ngram_prior_option(tiny_engine, tmp_path):
     assert learned.table.successors((ids[0], ids[1])) == reference.successors((ids[0], ids[1]))
     assert len(build(prior="none").table) == 0
     assert len(build().table) == 0  # the default, "shipped": none is shipped for the tiny model
-    with pytest.raises(Exception, match="not a quickdraft datastore"):
+    with pytest.raises(QuickdraftError, match="not a quickdraft datastore"):
         build(prior=str(tmp_path))
+    with pytest.raises(QuickdraftError, match="prior must be 'shipped', 'none' or a datastore directory"):
+        build(prior="")
+    with pytest.raises(ValueError, match="prior_weight must be positive"):
+        build(prior=str(path), prior_weight=-1)

@@ -141,3 +141,17 @@ def test_bad_sampling_params_raise(kwargs):
 
     with pytest.raises(QuickdraftError):
         SamplingParams(**kwargs)
+
+
+def test_argmax_rows_equals_argmax_on_bfloat16_ties_and_nan():
+    """Greedy verification reads argmax through max() (faster in bfloat16 on CPU): the same index, the
+    first on a tie, a NaN's if any."""
+    from quickdraft.sampling import argmax_rows
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        rows = int(torch.randint(1, 12, (), generator=gen))
+        logits = torch.randint(0, 4, (rows, 1000), generator=gen).to(torch.bfloat16)  # many ties
+        if trial % 5 == 0:
+            logits[0, 17] = float("nan")
+        assert argmax_rows(logits) == logits.argmax(-1).tolist()
