@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..profile import AdaptiveNodeBudget
-from ..sampling import SamplingParams, make_generator, sample, target_probs
+from ..sampling import SamplingParams, argmax_rows, make_generator, sample, target_probs
 from .adaptive import AcceptanceModel, keep_drafting
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .lm import DraftLM, DraftSession, causal_allowed
@@ -257,7 +257,7 @@ class ModelDrafter(Drafter):
         confs: list[float] = []
         reach, expected = 1.0, 1.0
         while True:
-            token = int(logits.argmax()) if params.greedy else sample(probs, self._generator)
+            token = argmax_rows(logits[None])[0] if params.greedy else sample(probs, self._generator)
             tokens.append(token)
             rows.append(probs)
             confs.append(conf)

@@ -114,7 +114,7 @@ class NgramTable:
         """
         tokens = np.asarray(tokens)
         start = 0
-        for end in [int(i) for i in (tokens == separator).nonzero()[0]] + [len(tokens)]:
+        for end in [*np.flatnonzero(tokens == separator).tolist(), len(tokens)]:
             if end > start:
                 self.learn(tokens[start:end].tolist(), weight=weight)
             start = end + 1
