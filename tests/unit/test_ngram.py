@@ -183,8 +183,9 @@ def test_ngram_prior_option(tiny_engine, tmp_path):
         return get_method("ngram").build(BuildContext(target=tiny_engine.target, options=options))
 
     learned = build(prior=str(path), prior_weight=0.25)
-    reference = NgramTable()
+    reference = NgramTable(decay=1.0)  # the prior's counts do not decay
     reference.learn(ids, weight=0.25)
+    assert learned.table.decay == 0.9  # ... what the request teaches does
     assert len(learned.table) == len(reference) > 0
     assert learned.table.successors((ids[0], ids[1])) == reference.successors((ids[0], ids[1]))
     assert len(build(prior="none").table) == 0
@@ -195,3 +196,39 @@ def test_ngram_prior_option(tiny_engine, tmp_path):
         build(prior="")
     with pytest.raises(ValueError, match="prior_weight must be positive"):
         build(prior=str(path), prior_weight=-1)
+
+
+def test_order_four_learns_three_token_contexts_and_smooths_down():
+    table = NgramTable(decay=1.0, order=4)
+    table.learn([1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3, 4])
+    assert table.successors((1, 2, 3)) == [(4, 2.0)]
+    assert table.successors((2, 3)) == [(4, 2.0), (5, 1.0)]
+    # the 4-gram (1, 2, 3) -> 4 twice, smoothed toward the trigram (2, 3): 4 2/3, 5 1/3
+    assert [(t, round(p, 4)) for t, p in table.predict_after((1, 2, 3))] == [(4, round((2 + 2 / 3) / 3, 4)),
+                                                                         (5, round((1 / 3) / 3, 4))]
+    # an unseen 4-gram context keeps the trigram estimate; a None in front shortens the context
+    assert table.predict_after((7, 2, 3)) == table.predict_after((None, 2, 3)) == table.predict(2, 3)
+    assert NgramTable(order=3).predict_after((1, 2, 3)) == []  # nothing learned
+    three = NgramTable(decay=1.0, order=3)
+    three.learn([1, 2, 3, 4])
+    assert three.successors((1, 2, 3)) == [] and three.successors((2, 3)) == [(4, 1.0)]
+    with pytest.raises(ValueError, match="order"):
+        NgramTable(order=1)
+
+
+def test_drafter_uses_the_longer_context():
+    # after (1, 2, 3) comes 4; after (8, 2, 3) comes 5: a trigram (2, 3) alone cannot tell
+    tokens = [1, 2, 3, 4, 0, 8, 2, 3, 5, 0, 1, 2, 3, 4, 0, 8, 2, 3, 5, 0, 1, 2, 3]
+    four = NgramDrafter(nodes=1, explore=0.0, min_prob=0.0, decay=1.0, order=4)
+    assert four.propose(ctx(tokens)).tokens == (4,)
+    assert four.propose(ctx(tokens[:-3] + [8, 2, 3])).tokens == (5,)
+
+
+def test_target_argmax_is_learned_for_every_context_length():
+    drafter = NgramDrafter(nodes=4, explore=0.0, min_prob=0.0, decay=1.0, target_weight=0.5, order=4)
+    drafter.propose(ctx([4, 5, 6]))
+    draft = Draft(tokens=(7, 8), parents=(0, 1))  # a chain 6 -> 7 -> 8; the target rejects 7 (wants 3)
+    logits = torch.eye(12)[[3, 9, 10]]
+    drafter.observe(StepOutcome(draft=draft, path=(), tokens=(3,), target_logits=logits))
+    assert drafter.table.successors((5, 6, 7)) == [(9, 0.5)]  # node 7: the target's argmax after it
+    assert drafter.table.successors((6, 7, 8)) == [(10, 0.5)] and drafter.table.successors((8,)) == [(10, 0.5)]
