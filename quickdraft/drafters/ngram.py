@@ -5,7 +5,10 @@ statistics of the model's own outputs, adapts them as decoding goes, and
 searches the draft space with an exploration/exploitation trade-off (MCTS).
 Here:
 
-* :class:`NgramTable` holds bigram and trigram successor counts, learned from
+* :class:`NgramTable` holds bigram to 4-gram successor counts (``order``,
+  default 4: measured, builtin suite at 10 nodes, 2.13 tokens per step
+  against 2.09 with ADED's trigrams; each context's estimate is smoothed
+  toward the next shorter one), learned from
   committed tokens (the prompt and every emitted token) and, optionally, from
   the target's argmax at verified tree nodes that were not committed (the
   target told us what follows that node's two tokens; cheap extra signal).
@@ -28,9 +31,14 @@ Here:
   model, which for the embedded model is its own greedy answers to the
   ``selfinstruct`` prompts; ``none``: start empty), as ADED starts from
   corpus statistics. A prior observation weighs ``prior_weight`` (0.05) where
-  one seen here weighs 1, so the request's own text overrides the prior at
-  once (measured, builtin suite, 2 prompts a category: ngram 1.46x without a
-  prior, 1.46x at weight 1, 1.58x at 0.2, 1.58-1.63x at 0.05, 1.59x at 0.02).
+  one seen here weighs 1, so the request's own text overrides the prior of
+  all but the most frequent contexts (measured when the prior still decayed,
+  builtin suite, 2 prompts a category: ngram 1.46x without a prior, 1.46x at
+  weight 1, 1.58x at 0.2, 1.58-1.63x at 0.05, 1.59x at 0.02; undecayed, 0.02
+  to 0.1 accept about the same). The prior's counts do not decay: every
+  document weighs the same (the decayed prior, a recency-weighted mix of the
+  last documents, accepted 1.89 tokens per step at 10 nodes against 1.95,
+  replaying the builtin suite's exact outputs).
 
 Everything here only proposes tokens; acceptance is the engine's, so the
 method is lossless whatever the statistics say.
