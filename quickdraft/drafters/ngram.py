@@ -11,7 +11,7 @@ Here:
   toward the next shorter one), learned from
   committed tokens (the prompt and every emitted token) and, optionally, from
   the target's argmax at verified tree nodes that were not committed (the
-  target told us what follows that node's two tokens; cheap extra signal).
+  target told us what follows that node's context; cheap extra signal).
   Counts in a context decay each time that context is updated (recent
   behaviour wins), each context keeps at most ``max_successors`` tokens
   (space-saving replacement of the weakest) and at most ``max_contexts``
@@ -167,7 +167,7 @@ class NgramTable:
         estimate for a context of k tokens is ``p_k(t) = (w_k(t) + smoothing * p_(k-1)(t)) / (W_k + smoothing)``
         (w_k its weights, W_k their sum), up to ``order - 1`` tokens or the first
         None in the history; a context never seen keeps the shorter estimate.
-        Without a bigram either, [].
+        With no context seen, [].
         """
         out: dict[int, float] = {}
         for k in range(1, min(len(history), self.order - 1) + 1):
@@ -338,7 +338,7 @@ class NgramDrafter(Drafter):
 
 
 @register("ngram", lossless=True,
-          description="adaptive n-grams (ADED-style): bi/trigram stats of the model's outputs (from a prior of its "
+          description="adaptive n-grams (ADED-style): bigram to 4-gram stats of the model's outputs (from a prior of its "
                       "own answers where one is shipped), drafted as a tree")
 def build(ctx: BuildContext) -> Drafter:
     options = ctx.pick("nodes", "max_depth", "width", "explore", "min_prob", "learn_target", "target_weight",
