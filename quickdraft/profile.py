@@ -55,9 +55,8 @@ import torch
 log = logging.getLogger(__name__)
 
 PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
-# Node budgets to choose among. Fine steps where trees usually land: with doublings only, the n-gram
-# drafter's budget settled between 4 and 8 and decoded 8% slower than at a fixed 10 (builtin suite,
-# 2 prompts a category, interleaved: 1.63x against 1.78x with these candidates, 1.80x at 10).
+# Node budgets to choose among: fine steps where trees usually land (with doublings only, the n-gram
+# drafter's budget settled between 4 and 8 nodes, below the best fixed size, 10; see AdaptiveNodeBudget).
 CANDIDATES = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 PROFILE_VERSION = 5  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype
 PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
@@ -447,11 +446,14 @@ class AdaptiveNodeBudget:
         first = accepted_within(path, 1)
         self._level_weight += 1.0
         self._level += max(1.0 / self._level_weight, self.min_rate) * (first - self._level)
+        accepted = 0  # accepted_within(path, m), advanced as m grows
         for m in range(1, min(budget, len(self._shape) - 1) + 1):
+            while accepted < len(path) and path[accepted] <= m:
+                accepted += 1
             self._weight[m] += 1.0
             rate = max(1.0 / self._weight[m], self.min_rate)
             num, den = self._shape[m]
-            self._shape[m] = (num + rate * (accepted_within(path, m) - num), den + rate * (first - den))
+            self._shape[m] = (num + rate * (accepted - num), den + rate * (first - den))
 
 
 def adaptive_node_budget(target, *, max_nodes: int = 64, extra: int = 0) -> AdaptiveNodeBudget | None:

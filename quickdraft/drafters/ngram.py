@@ -95,8 +95,9 @@ class NgramTable:
     def __len__(self) -> int:
         return len(self._table)
 
-    def add(self, context: tuple[int, ...], token: int, weight: float = 1.0) -> None:
-        """One observation of ``token`` after ``context``."""
+    def add(self, context: tuple[int, ...], token: int, weight: float = 1.0, *, decay: float | None = None) -> None:
+        """One observation of ``token`` after ``context`` (decay: the context's decay, None: the table's)."""
+        decay = self.decay if decay is None else decay
         succ = self._table.get(context)
         if succ is None:
             succ = self._table[context] = {}
@@ -105,9 +106,9 @@ class NgramTable:
                 self._seen.pop(old, None)
         else:
             self._table.move_to_end(context)
-            if self.decay < 1.0:
+            if decay < 1.0:
                 for t in succ:
-                    succ[t] *= self.decay
+                    succ[t] *= decay
         if token in succ:
             succ[token] += weight
         elif len(succ) < self.max_successors:
@@ -127,23 +128,21 @@ class NgramTable:
         """
         tokens = np.asarray(tokens)
         start = 0
-        decay, self.decay = self.decay, 1.0
-        try:
-            for end in [*np.flatnonzero(tokens == separator).tolist(), len(tokens)]:
-                if end > start:
-                    self.learn(tokens[start:end].tolist(), weight=weight)
-                start = end + 1
-        finally:
-            self.decay = decay
+        for end in [*np.flatnonzero(tokens == separator).tolist(), len(tokens)]:
+            if end > start:
+                self.learn(tokens[start:end].tolist(), weight=weight, decay=1.0)
+            start = end + 1
 
-    def learn(self, tokens: Sequence[int], history: Sequence[int] = (), weight: float = 1.0) -> None:
-        """Observe ``tokens`` in order, preceded by ``history`` (its last ``order - 1`` tokens are used)."""
+    def learn(self, tokens: Sequence[int], history: Sequence[int] = (), weight: float = 1.0, *,
+              decay: float | None = None) -> None:
+        """Observe ``tokens`` in order, preceded by ``history`` (its last ``order - 1`` tokens are used);
+        decay as for :meth:`add`."""
         width = self.order - 1
         prev = [int(t) for t in history[max(0, len(history) - width):]]
         for token in tokens:
             token = int(token)
             for k in range(1, len(prev) + 1):
-                self.add(tuple(prev[-k:]), token, weight)
+                self.add(tuple(prev[-k:]), token, weight, decay=decay)
             prev.append(token)
             if len(prev) > width:
                 del prev[0]
