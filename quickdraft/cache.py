@@ -48,7 +48,7 @@ class KVCache:
             self.truncate(start + len(offsets))
             return
         assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
-        index = torch.tensor([start + o for o in offsets], dtype=torch.long)
+        index = torch.tensor([start + o for o in offsets], dtype=torch.long, device=self.inner.layers[0].keys.device)
         end = start + len(offsets)
         for layer in self.inner.layers:  # in place: the committed prefix is not copied
             for name in ("keys", "values"):
@@ -60,7 +60,7 @@ class KVCache:
     @torch.inference_mode()
     def reorder(self, start: int, rows: list[int]) -> None:
         """Put entry ``start + rows[i]`` at ``start + i`` for each i (a permutation of a block)."""
-        index = torch.tensor([start + r for r in rows], dtype=torch.long)
+        index = torch.tensor([start + r for r in rows], dtype=torch.long, device=self.inner.layers[0].keys.device)
         end = start + len(rows)
         for layer in self.inner.layers:
             for name in ("keys", "values"):

@@ -353,10 +353,13 @@ def accept(
         if draft.is_chain:
             return verify_greedy(logits, tokens)
         return verify_tree_greedy(logits, tokens, draft.parents)
-    probs = target_probs(logits, params)
+    # Sampling draws on the host with the request's CPU generator (the same draws on every device):
+    # the probabilities move there once per step.
+    probs = target_probs(logits, params).cpu()
+    draft_probs = None if draft.draft_probs is None else draft.draft_probs.cpu()
     if not draft.is_chain:
-        return verify_tree_sampling(probs, tokens, draft.parents, draft.draft_probs, generator)
-    return verify_sampling(probs, tokens, draft.draft_probs, generator)
+        return verify_tree_sampling(probs, tokens, draft.parents, draft_probs, generator)
+    return verify_sampling(probs, tokens, draft_probs, generator)
 
 
 def fit_draft(draft: Draft, budget: int) -> Draft:

@@ -211,8 +211,12 @@ def _pick_dtype(dtype: str, device: str) -> torch.dtype:
         return choices[dtype]
     if dtype != "auto":
         raise QuickdraftError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.device(device).type != "cpu":
+        # On a GPU a pass of several rows takes other kernels than a one-row pass,
+        # and in bfloat16/float16 they round differently: greedy output drifted
+        # from plain decoding at near-ties (H100: 9 of 17 methods on at least one
+        # of 3 prompts, README), where float32 stayed exact. Exact by default.
+        return torch.float32
     # On CPUs with native bf16 (AVX512-BF16/AMX) bfloat16 is about twice as fast
     # as float32 for these models (measured, see README); elsewhere bf16 is
     # emulated and slower, so float32 it is.
@@ -245,6 +249,10 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
 
     name, where = resolve(spec)
     torch_dtype = _pick_dtype(dtype, device)
+    if torch.device(device).type != "cpu" and torch_dtype != torch.float32:
+        log.warning("%s on %s: verification passes round differently from one-token passes, so greedy "
+                    "output can differ from plain decoding at near-ties; float32 (the default there) is exact",
+                    str(torch_dtype).removeprefix("torch."), device)
     from transformers.utils import logging as hf_logging
 
     if not isinstance(where, Path):

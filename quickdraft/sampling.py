@@ -101,5 +101,5 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
-    """Draw one token id from probs: [V]."""
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    """Draw one token id from probs: [V] (on any device: the draw is made on the generator's)."""
+    return int(torch.multinomial(probs.to(generator.device), 1, generator=generator).item())

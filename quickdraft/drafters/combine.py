@@ -139,7 +139,7 @@ def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int], extras: li
     probs = None
     if draft.draft_probs is not None:
         extra = len(tokens) - placed
-        one_hot = torch.zeros(extra, draft.draft_probs.shape[1], dtype=draft.draft_probs.dtype)
+        one_hot = draft.draft_probs.new_zeros(extra, draft.draft_probs.shape[1])
         one_hot[torch.arange(extra), torch.tensor(tokens[placed:], dtype=torch.long)] = 1.0
         probs = torch.cat([draft.draft_probs[:placed], one_hot])
     identity = rows == list(range(len(rows)))

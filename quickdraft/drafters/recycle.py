@@ -137,7 +137,7 @@ def update_adjacency(adjacency: torch.Tensor, node_tokens: Sequence[int], target
     """
     k = adjacency.shape[1]
     assert target_logits.shape[0] == len(node_tokens), "one logits row per node"
-    top = torch.topk(target_logits, k, dim=-1).indices.to(adjacency.dtype)  # [n + 1, k]
+    top = torch.topk(target_logits, k, dim=-1).indices.to(adjacency.device, adjacency.dtype)  # [n + 1, k]
     on_path = set(path) | {0}
     order = [i for i in range(len(node_tokens)) if i not in on_path] + [0, *path]  # last write wins
     tokens = np.asarray(node_tokens, dtype=np.int64)[order]

@@ -45,6 +45,8 @@ def test_dtype_choice():
     assert _pick_dtype("float32", "cpu") == torch.float32
     assert _pick_dtype("bfloat16", "cpu") == torch.bfloat16
     assert _pick_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+    assert _pick_dtype("auto", "cuda") == torch.float32  # the exact dtype on a GPU
+    assert _pick_dtype("bfloat16", "cuda:0") == torch.bfloat16
     with pytest.raises(QuickdraftError, match="unknown dtype"):
         _pick_dtype("int3", "cpu")
 
