@@ -306,6 +306,8 @@ def test_source_names_and_bad_options():
     # heads: only with an adapter given (which eagle then tries too: a heads adapter leaves it out quietly)
     assert source_names({"adapter": "/a"})[0] == ["pld-tree", "recycle", "ngram", "heads", "eagle"]
     assert source_names({"sources": "ngram,eagle"}) == (["ngram", "eagle"], True)  # eagle: when listed
+    assert source_names({}, "cuda:0")[0] == ["pld-tree", "recycle", "ngram"]  # not by default on a GPU
+    assert source_names({"sources": "ngram,eagle"}, "cuda") == (["ngram", "eagle"], True)
     assert source_names({"sources": "recycle, ngram"}) == (["recycle", "ngram"], True)
     with pytest.raises(QuickdraftError, match="unknown source 'bogus'"):
         source_names({"sources": "pld-tree,bogus"})
