@@ -6,7 +6,7 @@ fresh from the OS and handed back when freed, and the heap's top is trimmed:
 the next pass takes the same memory again, one page fault per 4 KB page.
 Measured on this project's 2-core VM (bfloat16, embedded model): a 469-token
 prefill took 114,000 minor page faults and 350-480 ms, against 0 faults and
-255-290 ms with freed memory kept (12 repeats each; decoding steps, which
+210-290 ms with freed memory kept (12 repeats each; decoding steps, which
 allocate less, were not measurably changed).
 
 :func:`keep_freed_memory` sets glibc's ``M_MMAP_THRESHOLD`` (blocks up to
