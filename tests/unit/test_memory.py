@@ -46,6 +46,6 @@ def test_off_by_environment_or_elsewhere(fresh, monkeypatch):
     assert memory.keep_freed_memory() is False
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the real call needs glibc")
-def test_real_glibc_accepts_the_settings(fresh):
-    assert memory.keep_freed_memory() is True
+def test_real_c_library(fresh):
+    # glibc accepts the settings; elsewhere (musl, macOS) nothing is called and it reports False
+    assert memory.keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
