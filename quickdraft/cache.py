@@ -36,6 +36,10 @@ class KVCache:
             self.inner.crop(length - current)  # transformers takes a negative count to drop
         assert len(self) == length
 
+    def _positions(self, start: int, offsets: list[int]) -> torch.Tensor:
+        """Cache positions ``start + o`` as an index on the cache's device."""
+        return torch.tensor([start + o for o in offsets], dtype=torch.long, device=self.inner.layers[0].keys.device)
+
     @torch.inference_mode()
     def keep(self, start: int, offsets: list[int]) -> None:
         """Keep ``start`` committed entries plus the entries at ``start + o`` for o in offsets.
@@ -48,7 +52,7 @@ class KVCache:
             self.truncate(start + len(offsets))
             return
         assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
-        index = torch.tensor([start + o for o in offsets], dtype=torch.long, device=self.inner.layers[0].keys.device)
+        index = self._positions(start, offsets)
         end = start + len(offsets)
         for layer in self.inner.layers:  # in place: the committed prefix is not copied
             for name in ("keys", "values"):
@@ -60,7 +64,7 @@ class KVCache:
     @torch.inference_mode()
     def reorder(self, start: int, rows: list[int]) -> None:
         """Put entry ``start + rows[i]`` at ``start + i`` for each i (a permutation of a block)."""
-        index = torch.tensor([start + r for r in rows], dtype=torch.long, device=self.inner.layers[0].keys.device)
+        index = self._positions(start, rows)
         end = start + len(rows)
         for layer in self.inner.layers:
             for name in ("keys", "values"):
