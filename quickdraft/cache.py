@@ -7,8 +7,30 @@ give. An operation that cannot keep it raises; it never silently does nothing.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+class SpreadLayer(DynamicLayer):
+    """transformers' ``DynamicLayer``, whose next update can place a pass's entries at several places.
+
+    ``spread``: None (entries are appended as they come) or an index [S] into
+    the pass's n rows: the pass then appends S entries, entry s being row
+    ``spread[s]`` (a row may be repeated). The returned keys and values, which
+    the attention reads, are the cache's own tensors, as in ``DynamicLayer``.
+    """
+
+    spread: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.spread is not None:
+            key_states = key_states.index_select(-2, self.spread)
+            value_states = value_states.index_select(-2, self.spread)
+        return super().update(key_states, value_states, *args, **kwargs)
 
 
 class KVCache:
@@ -23,6 +45,32 @@ class KVCache:
                 raise NotImplementedError(
                     "sliding-window attention layers are not supported by quickdraft's KV rollback yet"
                 )
+        # Our layers are transformers' own plus spread() (other kinds, e.g. a KV-sharing model's, stay as built).
+        self.inner.layers = [SpreadLayer() if type(layer) is DynamicLayer else layer for layer in self.inner.layers]
+
+    @property
+    def can_spread(self) -> bool:
+        """Whether every layer can take :meth:`spread`."""
+        return all(isinstance(layer, SpreadLayer) for layer in self.inner.layers)
+
+    @contextmanager
+    def spread(self, rows: torch.Tensor) -> Iterator[None]:
+        """Within the block, one pass's rows enter the cache as entries ``rows`` ([S] long, on the model's
+        device; entry s: the pass's row ``rows[s]``, a row may enter more than once): the cache grows by S.
+
+        A tree pass uses it to give a node's keys and values a second place in the
+        attention's key layout (see :func:`~quickdraft.tree.exact_layout`) without
+        computing the node twice.
+        """
+        if not self.can_spread:
+            raise NotImplementedError("this model's cache layers cannot spread a pass's entries")
+        for layer in self.inner.layers:
+            layer.spread = rows
+        try:
+            yield
+        finally:
+            for layer in self.inner.layers:
+                layer.spread = None
 
     def __len__(self) -> int:
         return int(self.inner.get_seq_length())

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,7 +393,7 @@ class TargetModel:
         if m:
             assert extra_parents is not None and len(extra_parents) == m, "one parent per extra embedding"
             parents = (tuple(range(n - 1)) if parents is None else tuple(parents)) + tuple(extra_parents)
-        # slots: the node fed in each row of the pass (-1: a padding row); slot_parents: the pass's tree
+        # slots: the node in each slot of the pass's key layout (-1: a padding row); slot_parents: its tree
         slots, slot_parents = list(range(n + m)), parents
         if self.pad_single:
             if n + m == 1:  # a second, ignored row (see pad_single)
@@ -401,41 +402,54 @@ class TargetModel:
                 # Lay a tree out so every row is computed as plain decoding computes it (exact_layout:
                 # copies of some nodes; the first-child chain first, consecutive).
                 slots, slot_parents = exact_layout(parents, start)
-        ids = torch.tensor([[tokens[node] if 0 <= node < n else tokens[0] for node in slots]],
-                           dtype=torch.long, device=self.device)  # [1, slots]
+        total = len(slots)
+        # The rows fed: each node once, at its first slot. A node's later slots (copies, which would compute
+        # the same) only repeat its keys and values in the cache's layout (cache.spread), at no compute.
+        first: dict[int, int] = {}
+        for slot, node in enumerate(slots):
+            first.setdefault(node, slot)
+        fed = list(range(total))
+        spread = None
+        if len(first) < total and cache.can_spread:
+            fed = sorted(first.values())
+            row_of = {slots[slot]: row for row, slot in enumerate(fed)}
+            spread = torch.tensor([row_of[node] for node in slots], dtype=torch.long, device=self.device)
+        ids = torch.tensor([[tokens[slots[slot]] if 0 <= slots[slot] < n else tokens[0] for slot in fed]],
+                           dtype=torch.long, device=self.device)  # [1, rows]
         kwargs: dict = {"input_ids": ids}
         if m:
-            embedded = self.model.get_input_embeddings()(ids)  # [1, slots, H]
-            at = [slot for slot, node in enumerate(slots) if node >= n]
-            embedded[0, at] = extra_embeds[[slots[slot] - n for slot in at]].to(embedded.dtype)
+            embedded = self.model.get_input_embeddings()(ids)  # [1, rows, H]
+            at = [row for row, slot in enumerate(fed) if slots[slot] >= n]
+            embedded[0, at] = extra_embeds[[slots[fed[row]] - n for row in at]].to(embedded.dtype)
             kwargs = {"inputs_embeds": embedded}
-        total = len(slots)
         if self.model.config._attn_implementation == attention.NAME:  # its per-row key order, once per pass
             kwargs[attention.ORDER_KWARG] = None  # a causal pass (plain decoding, a chain, a prefill): as is
         if slot_parents is not None and any(p != i for i, p in enumerate(slot_parents)):
-            positions = torch.tensor([depths(slot_parents)], device=self.device) + start  # [1, slots]
+            at_slots = torch.tensor(fed, device=self.device)
+            positions = (torch.tensor(depths(slot_parents), device=self.device)[at_slots] + start)[None]  # [1, rows]
             allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [slots, start + slots]
             allowed[:, start:] = ancestor_mask(slot_parents).to(self.device)
-            mask = torch.zeros(1, 1, total, start + total, dtype=self.dtype, device=self.device)  # additive
+            if spread is not None:
+                allowed = allowed[at_slots]  # [rows, start + slots]: a row sees the keys its slot sees
+            mask = torch.zeros(1, 1, len(fed), start + total, dtype=self.dtype, device=self.device)  # additive
             mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
             kwargs.update(position_ids=positions, attention_mask=mask,
-                          cache_position=torch.arange(start, start + total, device=self.device))
+                          cache_position=torch.arange(start, start + len(fed), device=self.device))
             if attention.ORDER_KWARG in kwargs:
                 kwargs[attention.ORDER_KWARG] = attention.own_keys_first(allowed[:, start:])
-        out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
-        logits = out.logits[0]  # [slots, V]
+        with cache.spread(spread) if spread is not None else nullcontext():
+            out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
+        logits = out.logits[0]  # [rows, V]
         states = out.hidden_states[-1][0] if hidden else None
         if slots != list(range(n + m)):  # back to node order: each node's first slot (a copy computes the same)
-            rows = [0] * (n + m)
-            for slot in reversed(range(total)):
-                if slots[slot] >= 0:
-                    rows[slots[slot]] = slot
-            moved = rows != list(range(n + m))  # else only padding or copies follow the nodes
-            if moved:
+            rows = [first[node] for node in range(n + m)]  # the cache's entries (slots) to keep, in node order
+            if rows != list(range(n + m)):
                 cache.reorder(start, rows)
             cache.truncate(start + n + m)
-            if moved:
-                index = torch.tensor(rows, device=self.device)
+            row_of_slot = {slot: row for row, slot in enumerate(fed)}
+            picked = [row_of_slot[slot] for slot in rows]  # the output rows, in node order
+            if picked != list(range(n + m)):
+                index = torch.tensor(picked, device=self.device)
                 logits = logits.index_select(0, index)
                 states = None if states is None else states.index_select(0, index)
             else:  # plain decoding's padded pass lands here: a slice, no copy

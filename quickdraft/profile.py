@@ -58,7 +58,7 @@ PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain
 # Node budgets to choose among: fine steps where trees usually land (with doublings only, the n-gram
 # drafter's budget settled between 4 and 8 nodes, below the best fixed size, 10; see AdaptiveNodeBudget).
 CANDIDATES = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
-PROFILE_VERSION = 5  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype
+PROFILE_VERSION = 6  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype; 6: copies of nodes spread in the cache, not computed
 PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
 
 

@@ -89,6 +89,39 @@ def test_every_node_of_a_tree_is_computed_as_plain_decoding(bf16_engine, monkeyp
     assert differ > 0
 
 
+def test_copies_in_the_layout_are_spread_in_the_cache_not_computed(bf16_engine, monkeypatch):
+    """A node's later slots in the exact layout (copies) only repeat its keys and values in the cache:
+    the pass computes each node once, and its logits and cache equal those of a pass that computes the
+    copies as rows of their own."""
+    from quickdraft import cache as kv
+    from quickdraft.tree import exact_layout
+
+    target = bf16_engine.target
+    parents = (0, 0, 0, 1, 1, 2, 3, 3)  # wide at every even depth: the layout copies the root and node 1
+    tokens = [600 + 7 * i for i in range(len(parents) + 1)]
+    assert len(exact_layout(parents, len(PREFIX))[0]) >= len(tokens) + 2
+    fed: list[int] = []
+    hook = target.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    runs = []
+    try:
+        for spread in (True, False):
+            monkeypatch.setattr(kv.KVCache, "can_spread", property(lambda self, s=spread: s))
+            cache = target.new_cache()
+            target.forward(PREFIX, cache)
+            fed.clear()
+            out = target.forward_full(tokens, cache, parents, hidden=True)
+            runs.append((fed[-1], out, cache))
+    finally:
+        hook.remove()
+    (rows, spread, spread_cache), (slots, copied, copied_cache) = runs
+    assert rows == len(tokens) and slots == len(exact_layout(parents, len(PREFIX))[0])
+    assert torch.equal(spread.logits, copied.logits) and torch.equal(spread.hidden, copied.hidden)
+    assert len(spread_cache) == len(copied_cache) == len(PREFIX) + len(tokens)
+    for a, b in zip(spread_cache.inner.layers, copied_cache.inner.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
 @pytest.fixture(scope="module")
 def bf16_plain(bf16_engine) -> dict:
     return {prompt: bf16_engine.generate(prompt, method="ar", max_new_tokens=NEW_TOKENS) for prompt in PROMPTS}

@@ -62,3 +62,27 @@ def test_tree_helpers():
     mask = ancestor_mask(parents)
     assert mask[5].nonzero().flatten().tolist() == [0, 1, 3, 5]
     assert mask[2].nonzero().flatten().tolist() == [0, 2]
+
+
+def test_spread_places_a_pass_rows_as_told(tiny_engine):
+    """cache.spread(rows): the pass's row rows[s] becomes entry s (rows may repeat); afterwards passes append
+    as usual. (The first layer's keys and values depend on the tokens and positions only.)"""
+    target = tiny_engine.target
+    prefix = list(range(30, 42))
+    cache = fresh(target, prefix)
+    assert cache.can_spread
+    start = len(prefix)
+    mask = torch.zeros(1, 1, 3, start + 5, dtype=target.dtype)  # additive: the pass's rows see every key
+    with cache.spread(torch.tensor([0, 1, 1, 0, 2])), torch.inference_mode():
+        target.model(input_ids=torch.tensor([[7, 8, 9]]), past_key_values=cache.inner, use_cache=True,
+                     attention_mask=mask, position_ids=torch.tensor([[start, start + 1, start + 2]]),
+                     cache_position=torch.arange(start, start + 3))
+    assert len(cache) == len(prefix) + 5
+    plain = fresh(target, prefix)
+    target.forward([7, 8, 9], plain)
+    first, first_plain = cache.inner.layers[0], plain.inner.layers[0]  # (later layers: another attention)
+    for name in ("keys", "values"):
+        got, want = getattr(first, name)[:, :, start:], getattr(first_plain, name)[:, :, start:]
+        assert torch.equal(got, want[:, :, [0, 1, 1, 0, 2]])
+    target.forward([10], cache)  # spread ends with the block
+    assert len(cache) == len(prefix) + 6 and all(layer.spread is None for layer in cache.inner.layers)
