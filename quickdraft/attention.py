@@ -104,9 +104,10 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attenti
 
 def own_keys_first(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per row of a pass, its visible keys among the pass's own first, in their order, then the
-    hidden ones: (order, its inverse), each [B, 1, 1, n, n]; None when every row has that order
-    already (a causal pass: plain decoding, a chain, a prefill). visible: [B, n, n] or [n, n] bool,
-    the keys each row sees among the pass's own.
+    hidden ones: (order, its inverse), each [B, 1, 1, n, N]; None when every row has that order
+    already (a causal pass: plain decoding, a chain, a prefill). visible: [B, n, N] or [n, N] bool,
+    the keys each of the n rows sees among the pass's own N keys (N > n when the cache spreads a
+    row's keys to several places, :meth:`~quickdraft.cache.KVCache.spread`).
 
     Softmax sums a row's scores in vector lanes by their place in the row, so a tree node, whose
     ancestors sit with gaps between them among the pass's keys, would add them in another grouping
@@ -125,7 +126,10 @@ def own_keys_first(visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] |
 
 
 def _own_keys_first(attention_mask: torch.Tensor, n: int, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`own_keys_first` from an additive attention mask [B, 1, n, >= length] (keys: ``length``)."""
+    """:func:`own_keys_first` from an additive attention mask [B, 1, n, >= length] (keys: ``length``),
+    for a caller that did not pass it: assumes the pass's own keys are its n rows (no spread keys;
+    :meth:`~quickdraft.models.TargetModel.forward_full` spreads keys only with this attention, and
+    passes the order itself)."""
     tail = attention_mask[:, 0, :, length - n:length]  # [B, n, n]
     return own_keys_first(tail > torch.finfo(tail.dtype).min / 2)
 

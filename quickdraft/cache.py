@@ -111,7 +111,8 @@ class KVCache:
 
     @torch.inference_mode()
     def reorder(self, start: int, rows: list[int]) -> None:
-        """Put entry ``start + rows[i]`` at ``start + i`` for each i (a permutation of a block)."""
+        """Put entry ``start + rows[i]`` at ``start + i`` for each i (distinct rows: a pass's entries in a
+        new order, some left out; the caller then truncates)."""
         index = self._positions(start, rows)
         end = start + len(rows)
         for layer in self.inner.layers:

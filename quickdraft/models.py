@@ -410,7 +410,8 @@ class TargetModel:
             first.setdefault(node, slot)
         fed = list(range(total))
         spread = None
-        if len(first) < total and cache.can_spread:
+        ours = self.model.config._attn_implementation == attention.NAME  # it takes the per-row key order
+        if len(first) < total and ours and cache.can_spread:  # (spread keys need the order given, see it)
             fed = sorted(first.values())
             row_of = {slots[slot]: row for row, slot in enumerate(fed)}
             spread = torch.tensor([row_of[node] for node in slots], dtype=torch.long, device=self.device)
@@ -422,7 +423,7 @@ class TargetModel:
             at = [row for row, slot in enumerate(fed) if slots[slot] >= n]
             embedded[0, at] = extra_embeds[[slots[fed[row]] - n for row in at]].to(embedded.dtype)
             kwargs = {"inputs_embeds": embedded}
-        if self.model.config._attn_implementation == attention.NAME:  # its per-row key order, once per pass
+        if ours:  # its per-row key order, once per pass
             kwargs[attention.ORDER_KWARG] = None  # a causal pass (plain decoding, a chain, a prefill): as is
         if slot_parents is not None and any(p != i for i, p in enumerate(slot_parents)):
             at_slots = torch.tensor(fed, device=self.device)

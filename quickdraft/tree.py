@@ -85,7 +85,9 @@ def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list
     """Where to put a tree's nodes in a pass so each row is computed exactly as plain decoding computes it.
 
     Returns ``(nodes, slot_parents)``: ``nodes[s]`` is the node placed in slot
-    s of the pass (a node can have several slots) and ``slot_parents`` the parent slot
+    s of the pass's keys (a node can have several slots; the pass computes each
+    node once, and the cache repeats its keys and values in its later slots,
+    :meth:`~quickdraft.cache.KVCache.spread`) and ``slot_parents`` the parent slot
     of each slot after the first (``-1``: no parent in the tree; the slot sees
     the cache only). Slots form a tree (a forest) in the format of this module.
 

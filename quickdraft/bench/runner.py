@@ -2,10 +2,12 @@
 
 Order of work (``plan``)::
 
+    k = 0
     for repeat in range(repeats):          # --repeats repeats the whole pass
-        for k, prompt in enumerate(suite): # file order
+        for prompt in suite:               # file order
             for method in rotate([ar, *methods], by=k):  # interleaved: drift hits every method alike
                 answer every turn, append one record to records.jsonl
+            k += 1
 
 The order of the methods rotates from prompt to prompt (``k`` counts the
 prompts of every repeat), because the first answer to a new prompt is slower:
