@@ -408,13 +408,13 @@ class TargetModel:
         first: dict[int, int] = {}
         for slot, node in enumerate(slots):
             first.setdefault(node, slot)
-        fed = list(range(total))
+        ours = self.model.config._attn_implementation == attention.NAME  # it is given the per-row key order
+        spreading = len(first) < total and ours and cache.can_spread  # (spread keys need that order given)
+        fed = sorted(first.values()) if spreading else list(range(total))
+        row_of_slot = {slot: row for row, slot in enumerate(fed)}
         spread = None
-        ours = self.model.config._attn_implementation == attention.NAME  # it takes the per-row key order
-        if len(first) < total and ours and cache.can_spread:  # (spread keys need the order given, see it)
-            fed = sorted(first.values())
-            row_of = {slots[slot]: row for row, slot in enumerate(fed)}
-            spread = torch.tensor([row_of[node] for node in slots], dtype=torch.long, device=self.device)
+        if spreading:  # slot s holds the keys and values of the row that computes its node
+            spread = torch.tensor([row_of_slot[first[node]] for node in slots], dtype=torch.long, device=self.device)
         ids = torch.tensor([[tokens[slots[slot]] if 0 <= slots[slot] < n else tokens[0] for slot in fed]],
                            dtype=torch.long, device=self.device)  # [1, rows]
         kwargs: dict = {"input_ids": ids}
@@ -447,7 +447,6 @@ class TargetModel:
             if rows != list(range(n + m)):
                 cache.reorder(start, rows)
             cache.truncate(start + n + m)
-            row_of_slot = {slot: row for row, slot in enumerate(fed)}
             picked = [row_of_slot[slot] for slot in rows]  # the output rows, in node order
             if picked != list(range(n + m)):
                 index = torch.tensor(picked, device=self.device)
