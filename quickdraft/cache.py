@@ -84,11 +84,6 @@ class KVCache:
             self.inner.crop(length - current)  # transformers takes a negative count to drop
         assert len(self) == length
 
-    def _positions(self, start: int, offsets: list[int]) -> torch.Tensor:
-        """Cache positions ``start + o`` as an index on the cache's device."""
-        return torch.tensor([start + o for o in offsets], dtype=torch.long, device=self.inner.layers[0].keys.device)
-
-    @torch.inference_mode()
     def keep(self, start: int, offsets: list[int]) -> None:
         """Keep ``start`` committed entries plus the entries at ``start + o`` for o in offsets.
 
@@ -96,26 +91,22 @@ class KVCache:
         into place right after the committed prefix, so no second forward pass
         is needed. ``offsets`` must be increasing (ancestors come first).
         """
-        if offsets == list(range(len(offsets))):
-            self.truncate(start + len(offsets))
-            return
         assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
-        index = self._positions(start, offsets)
-        end = start + len(offsets)
-        for layer in self.inner.layers:  # in place: the committed prefix is not copied
+        self.select(start, offsets)
+
+    @torch.inference_mode()
+    def select(self, start: int, rows: list[int]) -> None:
+        """Keep ``start`` entries plus entry ``start + rows[i]`` at ``start + i`` for each i (distinct rows,
+        in any order: a tree pass's entries back in node order, say); drop the rest."""
+        end = start + len(rows)
+        if rows == list(range(len(rows))):
+            self.truncate(end)
+            return
+        layers = self.inner.layers
+        index = torch.tensor([start + r for r in rows], dtype=torch.long, device=layers[0].keys.device)
+        for layer in layers:  # in place: the committed prefix is not copied
             for name in ("keys", "values"):
                 tensor = getattr(layer, name)  # [B, H, T, D]
                 tensor[:, :, start:end] = tensor.index_select(2, index.to(tensor.device))
                 setattr(layer, name, tensor[:, :, :end])
         assert len(self) == end
-
-    @torch.inference_mode()
-    def reorder(self, start: int, rows: list[int]) -> None:
-        """Put entry ``start + rows[i]`` at ``start + i`` for each i (distinct rows: a pass's entries in a
-        new order, some left out; the caller then truncates)."""
-        index = self._positions(start, rows)
-        end = start + len(rows)
-        for layer in self.inner.layers:
-            for name in ("keys", "values"):
-                tensor = getattr(layer, name)  # [B, H, T, D]
-                tensor[:, :, start:end] = tensor.index_select(2, index.to(tensor.device))

@@ -444,9 +444,7 @@ class TargetModel:
         states = out.hidden_states[-1][0] if hidden else None
         if slots != list(range(n + m)):  # back to node order: each node's first slot (a copy computes the same)
             rows = [first[node] for node in range(n + m)]  # the cache's entries (slots) to keep, in node order
-            if rows != list(range(n + m)):
-                cache.reorder(start, rows)
-            cache.truncate(start + n + m)
+            cache.select(start, rows)
             picked = [row_of_slot[slot] for slot in rows]  # the output rows, in node order
             if picked != list(range(n + m)):
                 index = torch.tensor(picked, device=self.device)
