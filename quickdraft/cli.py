@@ -126,6 +126,9 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
         if draft_model is not None:
             extra["draft_model"] = draft_model
         kwargs["options"] = {**kwargs.get("options", {}), **extra}
+        # every --option is for this method: one it does not take is an error, not ignored
+        groups = parse_options(option_pairs)
+        engine.drafter(method, kwargs["options"], strict=[*groups.get("", {}), *groups.get(method, {})])
     result = None
     for item in engine.events(text, **kwargs):
         if isinstance(item, str):
@@ -219,7 +222,8 @@ def _split_list(value: str | None) -> list[str] | None:
 @main.command()
 @click.option("--methods", "method_list", default="ar,pld", show_default=True,
               help="comma-separated methods; `ar` always runs first as the baseline; peer baselines: "
-                   "hf-generate, hf-pld, hf-assisted (needs --draft-model)")
+                   "hf-generate, hf-pld, hf-assisted (needs --draft-model); a method with its own options in "
+                   "brackets runs as a method of its own (quoted: 'ngram,ngram[nodes=8]')")
 @click.option("--suite", default="builtin", show_default=True,
               help="builtin, humaneval, or a .jsonl file (MT-bench/Spec-Bench: question_id, category, turns)")
 @click.option("--per-category", type=int, default=None, help="only the first N prompts of each category")
@@ -250,7 +254,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 
     from .bench import BenchConfig, BenchSettings, prepare, run_bench
     from .bench.report import RichProgress, summary_table
-    from .bench.runner import parse_options
+    from .bench.runner import parse_options, split_methods
 
     if resume and force:
         raise QuickdraftError("--resume and --force contradict each other; pick one")
@@ -259,7 +263,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
         if value is not None:
             options[""][key] = value
     config = BenchConfig(
-        methods=tuple(_split_list(method_list) or ()), suite=suite, per_category=per_category,
+        methods=tuple(split_methods(method_list)), suite=suite, per_category=per_category,
         categories=None if categories is None else tuple(_split_list(categories)),
         settings=BenchSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, repeats=repeats),
         model=model, draft_model=draft_model, dtype=dtype, device=device, threads=threads, options=options,
@@ -309,7 +313,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
           default_max_tokens, option_pairs, dtype, threads, log_level) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from .bench.runner import parse_options
+    from .bench.runner import parse_options, split_methods
     from .engine import load
     from .server import ServerConfig, default_method
     from .server import serve as run_server

@@ -17,12 +17,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .drafters import BuildContext, Draft, DraftContext, Drafter, StepOutcome, get_method
+from .drafters import Draft, DraftContext, Drafter, StepOutcome, build_drafter, get_method
 from .errors import QuickdraftError
 from .models import TargetModel
 from .sampling import SamplingParams, make_generator, target_probs
@@ -216,17 +216,20 @@ class Engine:
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tok.encode(text, add_special_tokens=False))
 
-    def drafter(self, method: str, options: dict[str, Any] | None = None) -> Drafter:
+    def drafter(self, method: str, options: dict[str, Any] | None = None, *, strict: Collection[str] = ()) -> Drafter:
         """The engine's drafter for a method and options, reset for a new request.
 
         Drafters are kept per (method, options) so statistics they learn carry
-        across requests of this engine.
+        across requests of this engine. strict: names among ``options`` that
+        the user set for this method: one the method does not take is an
+        error (others may be meant for other methods and go unused); checked
+        when the drafter is built.
         """
         options = dict(options or {})
         key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
         if key not in self._drafters:
             try:
-                self._drafters[key] = get_method(method).build(BuildContext(target=self.target, options=options))
+                self._drafters[key] = build_drafter(method, self.target, options, strict=strict)
             except (TypeError, ValueError) as exc:
                 raise QuickdraftError(f"bad options for method {method!r}: {exc}") from exc
         drafter = self._drafters[key]

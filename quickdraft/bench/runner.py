@@ -96,26 +96,98 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
     """The methods to run: ``ar`` first (always, the baseline), then the rest as given, without duplicates.
 
     Names are registered methods or peer baselines; anything else is an error
-    listing both.
+    listing both. A method may carry its own options in brackets, a *variant*
+    (:func:`split_variant`): ``ngram[nodes=8]`` runs beside ``ngram`` as a
+    method of its own, so two settings of one method are measured in one
+    interleaved run.
 
     >>> resolve_methods(["pld", "ar", "pld", "hf-generate"])
     ['ar', 'pld', 'hf-generate']
+    >>> resolve_methods(["ngram", "ngram[nodes=8]", "ngram[ nodes=8 ]"])
+    ['ar', 'ngram', 'ngram[nodes=8]']
     """
     out = [BASELINE]
     for raw in names:
         name = raw.strip()
-        if not name or name in out:
+        if not name:
             continue
-        if name not in PEERS:
+        base, variant = split_variant(name)
+        if variant:
+            name = f"{base}[{','.join(f'{k}={_render(v)}' for k, v in variant.items())}]"
+        if name in out:
+            continue
+        if base in PEERS or base == BASELINE:
+            if variant:
+                raise QuickdraftError(f"{base} takes no options (in {raw.strip()!r}); options are for our speculative "
+                                      f"methods")
+        else:
             try:
-                get_method(name)
+                get_method(base)
             except QuickdraftError:
                 known = ", ".join([m.name for m in registered_methods()] + list(PEERS))
-                raise QuickdraftError(f"unknown method {name!r}; available: {known}") from None
+                raise QuickdraftError(f"unknown method {base!r}; available: {known}") from None
         if name == "hf-assisted" and not draft_model:
             raise QuickdraftError("hf-assisted needs --draft-model")
         out.append(name)
     return out
+
+
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """A method name and the options it carries in brackets: ``ngram[nodes=8,width=2]``.
+
+    Values are read as for ``--option`` (JSON where they parse, else strings).
+
+    >>> split_variant("ngram[nodes=8, prior=none]")
+    ('ngram', {'nodes': 8, 'prior': 'none'})
+    >>> split_variant("pld+recycle")
+    ('pld+recycle', {})
+    """
+    name = name.strip()
+    if "[" not in name and "]" not in name:
+        return name, {}
+    base, bracket, rest = name.partition("[")
+    if not bracket or not rest.endswith("]") or "[" in rest[:-1] or "]" in rest[:-1] or not base.strip():
+        raise QuickdraftError(f"cannot read method {name!r}; a method's own options go in brackets: "
+                              f"ngram[nodes=8,width=2]")
+    options: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise QuickdraftError(f"cannot read {pair!r} in method {name!r}; expected key=value")
+        options[key.strip()] = _value(raw.strip())
+    if not options:
+        raise QuickdraftError(f"method {name!r} has empty brackets; give options (ngram[nodes=8]) or none (ngram)")
+    return base.strip(), options
+
+
+def split_methods(text: str) -> list[str]:
+    """``--methods``: names separated by commas, except inside a variant's brackets.
+
+    >>> split_methods("pld, ngram[nodes=8,width=2],auto")
+    ['pld', 'ngram[nodes=8,width=2]', 'auto']
+    """
+    out, depth, current = [], 0, []
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth <= 0:
+            out.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    out.append("".join(current).strip())
+    return [name for name in out if name]
+
+
+def _value(raw: str) -> Any:
+    """An option's value: JSON where it parses (numbers, true/false, null), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _render(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -134,11 +206,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         method, dot, name = key.rpartition(".")
         if not sep or not name or (dot and not method):
             raise QuickdraftError(f"--option expects key=value or method.key=value, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method, {})[name] = value
+        out.setdefault(method, {})[name] = _value(raw)
     return out
 
 
@@ -174,15 +242,24 @@ class Backend(Protocol):
 
 
 class EngineMethod:
-    """One of quickdraft's registered methods, through the public engine API."""
+    """One of quickdraft's registered methods, through the public engine API.
 
-    def __init__(self, engine, method: str, options: dict[str, Any] | None = None) -> None:
+    name: the method's name in the run (``method`` or a variant such as ``ngram[nodes=8]``).
+    strict: the options set for this method alone (a variant's, ``--option method.key=...``): its
+    drafter is built here, and one it does not take is an error (see :func:`~quickdraft.drafters.build_drafter`).
+    """
+
+    def __init__(self, engine, method: str, options: dict[str, Any] | None = None, *, name: str | None = None,
+                 strict: Sequence[str] = ()) -> None:
         spec = get_method(method)
-        self.engine, self.name, self.lossless = engine, method, spec.lossless
+        self.engine, self.method, self.lossless = engine, method, spec.lossless
+        self.name = name or method
         self.options = dict(options or {})
+        if strict:
+            engine.drafter(method, self.options, strict=strict)
 
     def generate(self, messages: list[Message], *, max_new_tokens: int, settings: BenchSettings) -> Generation:
-        request = self.engine.prepare(messages, method=self.name, max_new_tokens=max_new_tokens,
+        request = self.engine.prepare(messages, method=self.method, max_new_tokens=max_new_tokens,
                                       temperature=settings.temperature, seed=settings.seed)
         result = None
         start = time.perf_counter()
@@ -326,11 +403,13 @@ def build_backends(engine, names: Sequence[str], *, options: dict[str, dict[str,
     for name in names:
         if name in PEERS:
             backends.append(HFPeer(engine, name, assistant=assistant, assistant_tokenizer=assistant_tokenizer))
-        else:
-            opts = options_for(name, options)
+        else:  # a variant's own options win over --option's
+            method, variant = split_variant(name)
+            opts = {**options_for(method, options), **variant}
             if draft_model:
                 opts.setdefault("draft_model", draft_model)
-            backends.append(EngineMethod(engine, name, opts))
+            own = [*options.get(method, {}), *variant]
+            backends.append(EngineMethod(engine, method, opts, name=name, strict=own))
     return backends
 
 

@@ -19,9 +19,9 @@ from . import eagle as _eagle  # noqa: F401  (registers "eagle")
 from . import auto as _auto  # noqa: F401  (registers "auto")
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .pld import PromptLookup, find_continuation
-from .registry import BuildContext, MethodSpec, get_method, methods, register
+from .registry import BuildContext, MethodSpec, build_drafter, get_method, methods, register
 
 __all__ = [
     "BuildContext", "Draft", "DraftContext", "Drafter", "EMPTY_DRAFT", "MethodSpec", "PromptLookup",
-    "StepOutcome", "find_continuation", "get_method", "methods", "register",
+    "StepOutcome", "build_drafter", "find_continuation", "get_method", "methods", "register",
 ]

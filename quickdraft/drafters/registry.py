@@ -7,7 +7,7 @@ on a method's name. ``quickdraft methods`` prints this table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from ..errors import QuickdraftError
 from .base import Drafter
@@ -23,11 +23,62 @@ class BuildContext:
     """
 
     target: Any
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def pick(self, *names: str) -> dict[str, Any]:
         """The options among ``names`` that the user set (others are for other drafters)."""
         return {name: self.options[name] for name in names if self.options.get(name) is not None}
+
+
+class ReadOptions(Mapping):
+    """A method's options, recording which names its factory looks up (``read``).
+
+    A factory asks for every option it understands (:meth:`BuildContext.pick`,
+    ``options.get``), set or not, so after a build ``read`` names what the
+    method takes, and an option the user set that is not among them was never
+    used (:func:`build_drafter` reports it instead of ignoring it).
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self._options = dict(options)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self._options[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._options
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self._options.get(key, default)
+
+
+def build_drafter(method: str, target: Any, options: Mapping[str, Any] | None = None, *,
+                  strict: Collection[str] = ()) -> Drafter:
+    """Build ``method``'s drafter; an option named in ``strict`` (the user set it for this method) that the
+    method does not take is an error naming the options it does take, not a setting silently ignored.
+
+    Options outside ``strict`` may go unused (options shared by every method of a run, such as a
+    datastore that only some methods read).
+    """
+    spec = get_method(method)
+    tracked = ReadOptions(options or {})
+    drafter = spec.build(BuildContext(target=target, options=tracked))
+    unused = sorted(k for k in strict if k not in tracked.read)
+    if unused:
+        takes = ", ".join(sorted(tracked.read)) or "none"
+        raise QuickdraftError(f"method {method!r} has no option {unused[0]!r}; its options: {takes}")
+    return drafter
 
 
 @dataclass(frozen=True)

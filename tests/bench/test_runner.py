@@ -9,7 +9,8 @@ import pytest
 
 from quickdraft import QuickdraftError
 from quickdraft.bench import BenchConfig, BenchSettings, prepare, run_bench
-from quickdraft.bench.runner import EngineMethod, RecordLog, Runner, build_backends, resolve_methods
+from quickdraft.bench.runner import (EngineMethod, RecordLog, Runner, build_backends, parse_options, resolve_methods,
+                                    split_methods)
 from quickdraft.bench.suites import load_suite
 
 
@@ -201,6 +202,25 @@ def test_interleaving_plan_and_method_resolution(tiny_engine):
         (1, ids[0], m) for m in first] + [(1, ids[1], m) for m in second]
     with pytest.raises(ValueError, match="baseline"):
         Runner(backends[::-1], suite, BenchSettings(), tiny_engine.tokenizer)
+
+
+def test_a_method_variant_runs_as_a_method_of_its_own_with_its_options(tiny_engine, small_suite, tmp_path):
+    names = split_methods("pld, pld[k=2,max_n=2],ngram[ nodes=4 ]")
+    assert names == ["pld", "pld[k=2,max_n=2]", "ngram[ nodes=4 ]"]
+    assert resolve_methods(names) == ["ar", "pld", "pld[k=2,max_n=2]", "ngram[nodes=4]"]
+    # --option pld.k applies to pld and its variants; the variant's own options win
+    backends = build_backends(tiny_engine, ["ar", "pld", "pld[k=2,max_n=2]"], options=parse_options(["pld.k=5"]))
+    assert [(b.name, b.method, b.options) for b in backends] == [
+        ("ar", "ar", {}), ("pld", "pld", {"k": 5}), ("pld[k=2,max_n=2]", "pld", {"k": 2, "max_n": 2})]
+    out = tmp_path / "out"
+    results = run_bench(prepare(config(small_suite, out, methods=("pld", "pld[k=1]"))), engine=tiny_engine)
+    assert list(results["methods"]) == ["ar", "pld", "pld[k=1]"]
+    assert {r["method"] for r in read_records(out)} == {"ar", "pld", "pld[k=1]"}
+    variant, plain = results["methods"]["pld[k=1]"]["overall"], results["methods"]["pld"]["overall"]
+    assert variant["exact_match"] == plain["exact_match"] == 1.0
+    assert set(variant["accepted_hist"]) <= {"0", "1"}  # one draft token per pass at most
+    assert ("pld", (("k", "1"),)) in tiny_engine._drafters  # its own drafter, with its option
+    assert "| `pld[k=1]` | yes |" in (out / "report.md").read_text()
 
 
 def test_sampling_reports_exact_match_as_not_applicable(tiny_engine, small_suite, tmp_path):

@@ -63,6 +63,8 @@ def test_prompt_from_stdin(cli, tiny_dir):
     (["generate", "x" * 300], "context holds 256"),
     (["generate", "--prompt-file", "/nonexistent/p.txt"], "cannot read prompt file"),
     (["generate", "hi", "--prompt-file", "/nonexistent/p.txt"], "not both"),
+    (["generate", "hi", "--method", "pld", "--option", "kk=4"], "method 'pld' has no option 'kk'; its options: k,"),
+    (["generate", "hi", "--method", "ngram", "--option", "ngram.node=4"], "method 'ngram' has no option 'node'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(cli, tiny_dir, args, message):
     out = cli.invoke(main, [*args, "--model", str(tiny_dir)] if args[0] == "generate" else args)

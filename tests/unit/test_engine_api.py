@@ -60,3 +60,15 @@ def test_bad_input_raises_a_clear_error(tiny_engine, kwargs, message):
     prompt = kwargs.pop("prompt")
     with pytest.raises(QuickdraftError, match=message):
         tiny_engine.generate(prompt, **kwargs)
+
+
+def test_an_option_set_for_a_method_that_it_does_not_take_is_an_error(tiny_engine):
+    # shared options (a datastore for the methods that read one) may go unused ...
+    assert tiny_engine.drafter("pld", {"k": 3, "datastore": "/nowhere"}, strict=["k"]).k == 3
+    # ... an option set for this method may not: a typo must not silently measure the default
+    with pytest.raises(QuickdraftError, match="method 'pld' has no option 'kk'; its options: k, max_n, min_n"):
+        tiny_engine.drafter("pld", {"kk": 3}, strict=["kk"])
+    # combined methods take their parts' options; auto takes its own (not its sources')
+    tiny_engine.drafter("pld+recycle", {"k": 3}, strict=["k"])
+    with pytest.raises(QuickdraftError, match="method 'auto' has no option 'k'"):
+        tiny_engine.drafter("auto", {"k": 3}, strict=["k"])
