@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 
 import pytest
 
@@ -81,6 +82,21 @@ def test_adaptive_budget_shrinks_when_nothing_is_accepted():
     for _ in range(200):
         budget.record(budget.next_budget(), path=())
     assert budget.choice() == 1 < start
+
+
+def test_adaptive_budget_estimate_never_falls_as_the_tree_grows():
+    # Steps of many budgets and stretches (a draft's first m nodes hold its first m - 1, so what m
+    # nodes accept cannot fall as m grows; the estimate must not either)
+    rng = random.Random(0)
+    budget = AdaptiveNodeBudget(BF16.latency)
+    for _ in range(400):
+        n = rng.choice(CANDIDATES)
+        easy = rng.random() < 0.3
+        path = tuple(sorted(rng.sample(range(1, n + 1), min(n, rng.randint(0, 8 if easy else 2)))))
+        budget.record(n, path=path)
+    expected = budget.expected
+    assert all(b >= a for a, b in zip(expected, expected[1:]))
+    assert expected[1] > 0 and expected[-1] > expected[1]
 
 
 def test_adaptive_budget_probes_one_size_up():
