@@ -313,7 +313,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
           default_max_tokens, option_pairs, dtype, threads, log_level) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from .bench.runner import parse_options, split_methods
+    from .bench.runner import parse_options
     from .engine import load
     from .server import ServerConfig, default_method
     from .server import serve as run_server
