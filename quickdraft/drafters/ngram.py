@@ -345,11 +345,11 @@ def build(ctx: BuildContext) -> Drafter:
     budget = None if options.get("nodes") else adaptive_node_budget(ctx.target)
     eos = getattr(ctx.target, "eos_ids", frozenset())
     drafter = NgramDrafter(budget=budget, eos_ids=frozenset(eos), **options)
+    weight = float(ctx.options.get("prior_weight", PRIOR_WEIGHT))
+    if not weight > 0:
+        raise ValueError(f"prior_weight must be positive, got {weight}")
     datastore = prior_datastore(ctx.target, ctx.options.get("prior"))
     if datastore is not None:
-        weight = float(ctx.options.get("prior_weight", PRIOR_WEIGHT))
-        if not weight > 0:
-            raise ValueError(f"prior_weight must be positive, got {weight}")
         drafter.table.learn_documents(datastore.index.tokens, SEP, weight)
     return drafter
 
