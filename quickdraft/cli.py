@@ -112,6 +112,13 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if not text.strip():
         raise QuickdraftError("the prompt is empty")
     get_method(method)  # fail on an unknown method before loading anything
+    if option_pairs:
+        from .bench.runner import parse_options
+
+        other = [g for g in parse_options(option_pairs) if g not in ("", method)]
+        if other:
+            raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
+                                  f"use --option KEY=VALUE")
     engine = load(model, dtype=dtype, threads=threads)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
@@ -269,7 +276,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
         model=model, draft_model=draft_model, dtype=dtype, device=device, threads=threads, options=options,
         out=Path(out), resume=resume, force=force,
     )
-    prepared = prepare(config)  # every input error surfaces here, before loading or writing anything
+    prepared = prepare(config)  # input errors surface here, before loading or writing anything (an option a method does not take: once it is built, still before anything is written)
     given = [p for p in ctx.command.params
              if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
     words = ["quickdraft", "bench"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -103,8 +104,8 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
 
     >>> resolve_methods(["pld", "ar", "pld", "hf-generate"])
     ['ar', 'pld', 'hf-generate']
-    >>> resolve_methods(["ngram", "ngram[nodes=8]", "ngram[ nodes=8 ]"])
-    ['ar', 'ngram', 'ngram[nodes=8]']
+    >>> resolve_methods(["ngram", "ngram[nodes=8]", "ngram[ nodes=8 ]", "ngram[width=2,nodes=8]"])
+    ['ar', 'ngram', 'ngram[nodes=8]', 'ngram[nodes=8,width=2]']
     """
     out = [BASELINE]
     for raw in names:
@@ -112,8 +113,8 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
         if not name:
             continue
         base, variant = split_variant(name)
-        if variant:
-            name = f"{base}[{','.join(f'{k}={_render(v)}' for k, v in variant.items())}]"
+        if variant:  # one spelling per variant: keys sorted, values as they parse back
+            name = f"{base}[{','.join(f'{k}={_render(v)}' for k, v in sorted(variant.items()))}]"
         if name in out:
             continue
         if base in PEERS or base == BASELINE:
@@ -135,10 +136,14 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
 def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     """A method name and the options it carries in brackets: ``ngram[nodes=8,width=2]``.
 
-    Values are read as for ``--option`` (JSON where they parse, else strings).
+    Values are read as for ``--option`` (JSON where they parse, else strings); a
+    comma starts a new option only where ``key=`` follows, so a value may hold
+    commas (``swift[skip=4,6,8]``).
 
     >>> split_variant("ngram[nodes=8, prior=none]")
     ('ngram', {'nodes': 8, 'prior': 'none'})
+    >>> split_variant("auto[sources=pld-tree,ngram,max_nodes=16]")
+    ('auto', {'sources': 'pld-tree,ngram', 'max_nodes': 16})
     >>> split_variant("pld+recycle")
     ('pld+recycle', {})
     """
@@ -150,7 +155,7 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
         raise QuickdraftError(f"cannot read method {name!r}; a method's own options go in brackets: "
                               f"ngram[nodes=8,width=2]")
     options: dict[str, Any] = {}
-    for pair in filter(None, (p.strip() for p in rest[:-1].split(","))):
+    for pair in filter(None, (p.strip() for p in _NEXT_OPTION.split(rest[:-1]))):
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise QuickdraftError(f"cannot read {pair!r} in method {name!r}; expected key=value")
@@ -158,6 +163,9 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     if not options:
         raise QuickdraftError(f"method {name!r} has empty brackets; give options (ngram[nodes=8]) or none (ngram)")
     return base.strip(), options
+
+
+_NEXT_OPTION = re.compile(r",(?=\s*[A-Za-z_][\w-]*\s*=)")  # a comma followed by key=
 
 
 def split_methods(text: str) -> list[str]:
@@ -187,7 +195,14 @@ def _value(raw: str) -> Any:
 
 
 def _render(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """An option's value as :func:`_value` reads it back (a string that would read as another type is quoted).
+
+    >>> [_render(v) for v in ("none", "2", 2, True)]
+    ['none', '"2"', '2', 'true']
+    """
+    if isinstance(value, str) and _value(value) == value:
+        return value
+    return json.dumps(value)
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -208,6 +223,34 @@ def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
             raise QuickdraftError(f"--option expects key=value or method.key=value, got {pair!r}")
         out.setdefault(method, {})[name] = _value(raw)
     return out
+
+
+def check_method_options(names: Sequence[str], options: dict[str, dict[str, Any]]) -> None:
+    """``--option METHOD.KEY=...`` must name a method of the run, and no two methods of a run may be
+    the same method with the same options (they would share one drafter, and one's answers would
+    teach the other's statistics before its turn on the same prompt).
+
+    >>> check_method_options(["ar", "ngram", "ngram[nodes=8]"], {"": {}, "ngram": {"width": 2}})
+    >>> check_method_options(["ar", "ngram", "ngram[nodes=8]"], {"ngram": {"nodes": 8}})
+    Traceback (most recent call last):
+    ...
+    quickdraft.errors.QuickdraftError: ngram and ngram[nodes=8] are the same method with the same options; drop one
+    """
+    ours = [name for name in names if name not in PEERS]
+    bases = {split_variant(name)[0] for name in ours}
+    for group, values in options.items():
+        if group and group not in bases:
+            key = next(iter(values), "KEY")
+            raise QuickdraftError(f"--option {group}.{key}: no method {group!r} in this run (its methods: "
+                                  f"{', '.join(names)}); a variant's own options go in its brackets")
+    seen: dict[tuple, str] = {}
+    for name in ours:
+        base, variant = split_variant(name)
+        effective = {**options_for(base, options), **variant}
+        key = (base, tuple(sorted((k, repr(v)) for k, v in effective.items())))
+        if key in seen:
+            raise QuickdraftError(f"{seen[key]} and {name} are the same method with the same options; drop one")
+        seen[key] = name
 
 
 def options_for(method: str, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -632,6 +675,7 @@ def prepare(config: BenchConfig) -> Prepared:
 
     suite = load_suite(config.suite).select(per_category=config.per_category, categories=config.categories)
     names = resolve_methods(config.methods, draft_model=config.draft_model)
+    check_method_options(names, config.options)
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise QuickdraftError(f"--out {out} is a file, not a folder")

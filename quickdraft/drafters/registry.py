@@ -77,7 +77,9 @@ def build_drafter(method: str, target: Any, options: Mapping[str, Any] | None = 
     unused = sorted(k for k in strict if k not in tracked.read)
     if unused:
         takes = ", ".join(sorted(tracked.read)) or "none"
-        raise QuickdraftError(f"method {method!r} has no option {unused[0]!r}; its options: {takes}")
+        names = ", ".join(repr(k) for k in unused)
+        raise QuickdraftError(f"method {method!r} has no option{'s' if len(unused) > 1 else ''} {names}; "
+                              f"its options: {takes}")
     return drafter
 
 

@@ -205,9 +205,11 @@ def test_interleaving_plan_and_method_resolution(tiny_engine):
 
 
 def test_a_method_variant_runs_as_a_method_of_its_own_with_its_options(tiny_engine, small_suite, tmp_path):
-    names = split_methods("pld, pld[k=2,max_n=2],ngram[ nodes=4 ]")
-    assert names == ["pld", "pld[k=2,max_n=2]", "ngram[ nodes=4 ]"]
-    assert resolve_methods(names) == ["ar", "pld", "pld[k=2,max_n=2]", "ngram[nodes=4]"]
+    names = split_methods("pld, pld[max_n=2,k=2],ngram[ nodes=4 ],swift[skip=4,6,8],pld[k=\"2\"]")
+    assert names == ["pld", "pld[max_n=2,k=2]", "ngram[ nodes=4 ]", "swift[skip=4,6,8]", 'pld[k="2"]']
+    # one spelling per variant: keys sorted, values read back as given (the string "2" stays a string)
+    assert resolve_methods(names) == ["ar", "pld", "pld[k=2,max_n=2]", "ngram[nodes=4]", "swift[skip=4,6,8]",
+                                      'pld[k="2"]']
     # --option pld.k applies to pld and its variants; the variant's own options win
     backends = build_backends(tiny_engine, ["ar", "pld", "pld[k=2,max_n=2]"], options=parse_options(["pld.k=5"]))
     assert [(b.name, b.method, b.options) for b in backends] == [

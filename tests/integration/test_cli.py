@@ -65,6 +65,7 @@ def test_prompt_from_stdin(cli, tiny_dir):
     (["generate", "hi", "--prompt-file", "/nonexistent/p.txt"], "not both"),
     (["generate", "hi", "--method", "pld", "--option", "kk=4"], "method 'pld' has no option 'kk'; its options: k,"),
     (["generate", "hi", "--method", "ngram", "--option", "ngram.node=4"], "method 'ngram' has no option 'node'"),
+    (["generate", "hi", "--method", "ngram", "--option", "pld.k=4"], "--option pld.KEY is for method 'pld', not 'ngram'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(cli, tiny_dir, args, message):
     out = cli.invoke(main, [*args, "--model", str(tiny_dir)] if args[0] == "generate" else args)

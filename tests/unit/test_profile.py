@@ -99,6 +99,15 @@ def test_adaptive_budget_estimate_never_falls_as_the_tree_grows():
     assert expected[1] > 0 and expected[-1] > expected[1]
 
 
+def test_adaptive_budget_estimates_what_the_first_m_nodes_accepted():
+    # with (almost) no prior, the estimate for m nodes is the mean of what the first m nodes accepted
+    budget = AdaptiveNodeBudget(lambda n: 1.0, candidates=(1, 2, 4), prior_weight=1e-9)
+    for path in [(1, 3), (), (1, 3), ()]:  # nodes 1 and 3 accepted (node 2 a rejected sibling), then nothing
+        budget.record(4, path=path)
+    assert [round(x, 6) for x in budget.expected] == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert [sum(accepted_within(p, m) for p in [(1, 3), ()]) / 2 for m in range(5)] == [0.0, 0.5, 0.5, 1.0, 1.0]
+
+
 def test_adaptive_budget_probes_one_size_up():
     budget = AdaptiveNodeBudget(lambda n: 1.0 + n, probe_every=4)  # steep: the choice is 1
     sizes = []
