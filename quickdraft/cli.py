@@ -112,13 +112,13 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if not text.strip():
         raise QuickdraftError("the prompt is empty")
     get_method(method)  # fail on an unknown method before loading anything
-    if option_pairs:
-        from .bench.runner import parse_options
+    from .bench.runner import options_for, parse_options
 
-        other = [g for g in parse_options(option_pairs) if g not in ("", method)]
-        if other:
-            raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
-                                  f"use --option KEY=VALUE")
+    groups = parse_options(option_pairs)  # every --option is for this method
+    other = [g for g in groups if g not in ("", method)]
+    if other:
+        raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
+                              f"use --option KEY=VALUE")
     engine = load(model, dtype=dtype, threads=threads)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
@@ -127,14 +127,11 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if datastore is not None:
         kwargs["options"] = {**kwargs.get("options", {}), "datastore": datastore}
     if draft_model is not None or option_pairs:
-        from .bench.runner import options_for, parse_options
-
-        extra = options_for(method, parse_options(option_pairs))
+        extra = options_for(method, groups)
         if draft_model is not None:
             extra["draft_model"] = draft_model
         kwargs["options"] = {**kwargs.get("options", {}), **extra}
-        # every --option is for this method: one it does not take is an error, not ignored
-        groups = parse_options(option_pairs)
+        # an --option the method does not take is an error, not ignored
         engine.drafter(method, kwargs["options"], strict=[*groups.get("", {}), *groups.get(method, {})])
     result = None
     for item in engine.events(text, **kwargs):
