@@ -64,7 +64,16 @@ def _stats_line(result) -> str:
         f"{s.steps} target passes, mean accepted {s.mean_accepted:.2f}; "
         f"prompt {s.prompt_tokens} tokens; draft {s.draft_s:.2f}s, verify {s.verify_s:.2f}s"
         + (f"; {_sources_text(s.sources)}" if s.sources else "")
+        + ("" if result.exact else "; exactness NOT guaranteed on this CPU")
     )
+
+
+def _warn_if_not_exact(engine) -> None:
+    """One line on stderr when this machine cannot promise output equal to plain decoding (quickdraft.exactness)."""
+    if not engine.target.exact:
+        from .exactness import NOT_EXACT
+
+        click.echo("warning: " + NOT_EXACT.format(dtype=str(engine.target.dtype).removeprefix("torch.")), err=True)
 
 
 def _sources_text(sources: dict[str, dict[str, int]]) -> str:
@@ -120,6 +129,7 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
         raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
                               f"use --option KEY=VALUE")
     engine = load(model, dtype=dtype, threads=threads)
+    _warn_if_not_exact(engine)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
     if adapter is not None:
@@ -334,6 +344,7 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
     engine.drafter(config.default_method, config.options_for(config.default_method))  # bad options fail now
     click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
                f"{config.default_method} on http://{host}:{port}/v1", err=True)
+    _warn_if_not_exact(engine)
     run_server(engine, config, host=host, port=port, max_concurrency=max_concurrency, log_level=log_level)
 
 

@@ -79,6 +79,7 @@ class GenerationResult:
     model: str
     stats: Stats
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    exact: bool = True  # greedy output promised equal to plain greedy decoding here (TargetModel.exact)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +88,7 @@ class GenerationResult:
             "method": self.method,
             "model": self.model,
             "finish_reason": self.finish_reason,
+            "exact": self.exact,
             "stats": self.stats.to_dict(),
         }
 
@@ -268,7 +270,7 @@ class Engine:
             yield rest
         yield GenerationResult(
             text=text.text, token_ids=token_ids, method=request.method, model=self.model_name,
-            stats=stats, finish_reason=finish,
+            stats=stats, finish_reason=finish, exact=self.target.exact,
         )
 
 

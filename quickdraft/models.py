@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from .cache import KVCache
 from .errors import QuickdraftError
 from .memory import keep_freed_memory
 from . import attention
-from .tree import ancestor_mask, depths, exact_layout
+from .tree import ancestor_mask, chain_parents, depths, exact_layout, interleaved_layout
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,14 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
     finally:
         hf_logging.enable_progress_bar()
     model.to(device).eval()
-    return TargetModel(model, tokenizer, name=name)
+    target = TargetModel(model, tokenizer, name=name)
+    if target.pad_single:  # rows promised equal to plain decoding's: find the layout that makes them so here
+        from .exactness import NOT_EXACT, select_layout
+
+        target.layout = select_layout(target)
+        if target.layout is None:
+            log.warning(NOT_EXACT.format(dtype=str(torch_dtype).removeprefix("torch.")))
+    return target
 
 
 def _hub_snapshot(repo_id: str) -> Path:
@@ -300,6 +308,14 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
+# How a pass lays out draft nodes so every row is computed as plain decoding computes it, by the product
+# kernel's way of adding a row's keys (quickdraft.exactness finds which holds on this machine):
+LAYOUTS = {
+    "pairs": exact_layout,  # keys added in aligned pairs (oneDNN's bfloat16 product on AVX-512 CPUs)
+    "interleaved4": partial(interleaved_layout, width=4),  # 4 interleaved partial sums (ATen's, AVX2 CPUs)
+}
+
+
 class TargetModel:
     """The model being accelerated: one forward over new tokens against a KV cache.
 
@@ -317,6 +333,21 @@ class TargetModel:
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(config, "max_position_embeddings", 0) or 1 << 20)
         self.eos_ids = _eos_ids(model, tokenizer)
+        # With pad_single: the name of the LAYOUTS entry that makes every row of a pass equal plain decoding's
+        # on this machine, or None (rows in node order: no such promise). Set by quickdraft.exactness.
+        self.layout: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether greedy output is promised equal to plain greedy decoding token for token here.
+
+        float32: yes (its rows round slightly differently from one-token passes, by far too little
+        to flip a token in our suites). bfloat16/float16 on CPU: only with a :attr:`layout` that
+        the machine's self-check passed (:mod:`quickdraft.exactness`). Elsewhere (a GPU in bfloat16): no.
+        """
+        if self.dtype == torch.float32:
+            return True
+        return self.pad_single and self.layout is not None
 
     @property
     def pad_single(self) -> bool:
@@ -370,7 +401,7 @@ class TargetModel:
         if len(tokens) == 1 and self.pad_single:  # as forward_full: a second, ignored row
             ids = torch.cat([ids, ids], dim=1)
         start = len(cache)
-        out = self.model(input_ids=ids, past_key_values=cache.inner, use_cache=True, logits_to_keep=1,
+        out = self.model(input_ids=ids, cache=cache.inner, use_cache=True, logits_to_keep=1,
                          output_hidden_states=hidden, **kwargs)
         cache.truncate(start + len(tokens))
         return out.hidden_states[-1][0, : len(tokens)] if hidden else None
@@ -398,10 +429,11 @@ class TargetModel:
         if self.pad_single:
             if n + m == 1:  # a second, ignored row (see pad_single)
                 slots, slot_parents = [0, -1], (0,)
-            elif parents is not None:
-                # Lay a tree out so every row is computed as plain decoding computes it (exact_layout:
-                # copies of some nodes; the first-child chain first, consecutive).
-                slots, slot_parents = exact_layout(parents, start)
+            elif self.layout is not None:
+                # Lay the draft out so every row is computed as plain decoding computes it (LAYOUTS: copies
+                # of some nodes, padding slots; a chain stays as it is under "pairs").
+                slots, slot_parents = LAYOUTS[self.layout](chain_parents(n + m - 1) if parents is None else parents,
+                                                           start)
         total = len(slots)
         # The rows fed: each node once, at its first slot. A node's later slots (copies, which would compute
         # the same) only repeat its keys and values in the cache's layout (cache.spread), at no compute.
@@ -439,7 +471,7 @@ class TargetModel:
             if attention.ORDER_KWARG in kwargs:
                 kwargs[attention.ORDER_KWARG] = attention.own_keys_first(allowed[:, start:])
         with cache.spread(spread) if spread is not None else nullcontext():
-            out = self.model(past_key_values=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
+            out = self.model(cache=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
         logits = out.logits[0]  # [rows, V]
         states = out.hidden_states[-1][0] if hidden else None
         if slots != list(range(n + m)):  # back to node order: each node's first slot (a copy computes the same)

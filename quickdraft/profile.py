@@ -58,7 +58,7 @@ PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain
 # Node budgets to choose among: fine steps where trees usually land (with doublings only, the n-gram
 # drafter's budget settled between 4 and 8 nodes, below the best fixed size, 10; see AdaptiveNodeBudget).
 CANDIDATES = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
-PROFILE_VERSION = 6  # 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype; 6: copies of nodes spread in the cache, not computed
+PROFILE_VERSION = 7  # 7: keyed by the CPU's kernels and the tree layout; 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype; 6: copies of nodes spread in the cache, not computed
 PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
 
 
@@ -75,6 +75,8 @@ class ProfileKey:
     threads: int
     machine: str
     torch: str
+    kernels: str = ""  # which CPU kernels torch runs here (cpu_kernels()): CPUs of one model name differ
+    layout: str = ""  # how tree passes are laid out (TargetModel.layout): it sets how many keys a pass has
 
     def filename(self) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -193,6 +195,16 @@ def machine_name(device: torch.device | str = "cpu") -> str:
     return f"cpu:{cpu} x{os.cpu_count()}"
 
 
+def cpu_kernels(device: torch.device | str = "cpu") -> str:
+    """Which kernels torch picks on this CPU: its vector ISA (``ATEN_CPU_CAPABILITY`` can lower it) and
+    whether oneDNN runs bfloat16 natively. Two machines with the same CPU model name can differ (AVX2-only
+    and AVX-512 AMD EPYCs here), and with them the rounding of every pass."""
+    if torch.device(device).type != "cpu":
+        return ""
+    onednn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return f"aten={torch.backends.cpu.get_cpu_capability()},onednn_bf16={int(onednn_bf16)}"
+
+
 def profile_key(target) -> ProfileKey:
     """The cache key of a :class:`~quickdraft.models.TargetModel` on this machine, now."""
     config = target.config
@@ -203,6 +215,7 @@ def profile_key(target) -> ProfileKey:
     return ProfileKey(
         model=str(target.name), architecture=architecture, dtype=str(target.dtype).replace("torch.", ""),
         threads=torch.get_num_threads(), machine=machine_name(target.device), torch=torch.__version__,
+        kernels=cpu_kernels(target.device), layout=str(getattr(target, "layout", None) or ""),
     )
 
 

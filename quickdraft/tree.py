@@ -143,6 +143,70 @@ def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list
     return nodes, tuple(slot_parents)
 
 
+def interleaved_layout(parents: tuple[int, ...] | list[int], start: int, *,
+                       width: int = 4) -> tuple[list[int], tuple[int, ...]]:
+    """:func:`exact_layout` for a product kernel that adds a row's keys in interleaved partial sums.
+
+    The kernel (measured: ATen's own bfloat16 matrix product, which torch uses on
+    x86 CPUs without AVX-512, ``width`` 4): the key at position p of a pass of N
+    keys goes into partial sum ``p % width``, except the last ``N % width`` keys,
+    which all go into the first partial sum; each partial sum adds its keys in
+    position order, and the partial sums are added at the end. A key a row does
+    not see adds an exact zero. So a row is computed as plain decoding computes
+    it (a two-row pass: the node at ``start + depth``, one ignored key after it)
+    exactly when each key it sees lands in the same partial sum, in the same
+    order. In plain decoding a key lands in partial sum ``position % width``
+    except the row's own last ``(position + 2) % width - 2`` keys, which the pass's
+    tail sends into the first one (width 4: a node at a position ``= 1 (mod 4)``
+    adds its own key into the first sum).
+
+    Returns ``(nodes, slot_parents)`` in :func:`exact_layout`'s format. Each node
+    is computed at its first slot, whose residue (``(start + slot) % width``) is
+    where its row needs its own key; a node whose descendants need its key in
+    another partial sum gets a second slot there (a copy: its keys repeated, not
+    computed). Slots of node ``-1`` only pad to the wanted residues (a row that
+    nobody sees), and the pass is padded to a multiple of ``width`` keys so that
+    no key of the pass is in its tail. A chain is laid out too.
+
+    >>> interleaved_layout([0, 1], start=8)     # positions 8, 9, 10: node 1 (9 = 1 mod 4) adds into sum 0
+    ([0, -1, -1, -1, 1, 1, 2, -1], (-1, -1, -1, 0, 0, 5, -1))
+    >>> interleaved_layout([0, 1], start=10)    # positions 10, 11, 12: no tail keys in plain decoding
+    ([0, 1, 2, -1, -1, -1], (0, 1, -1, -1, -1))
+    """
+    kids = children(parents)
+    node_depths = depths(parents)
+    nodes: list[int] = []
+    slot_parents: list[int] = []  # for slots 1..; slot 0's parent is implicit (none)
+
+    def put(node: int, parent_slot: int, residue: int) -> int:
+        while (start + len(nodes)) % width != residue:  # pad up to the wanted partial sum
+            nodes.append(-1)
+            slot_parents.append(-1)
+        nodes.append(node)
+        slot_parents.append(parent_slot)
+        return len(nodes) - 1
+
+    natural: dict[int, int] = {}  # node -> its slot in partial sum (start + depth) % width, seen by descendants
+    stack = [0]
+    while stack:  # depth-first, first child first (a tree builder's most likely path)
+        node = stack.pop()
+        position = start + node_depths[node]
+        path = [0] + path_to(parents, node)
+        moved = max(0, (position + 2) % width - 2)  # the row's own last keys that plain decoding adds into sum 0
+        if moved:  # the row's own slots: its last `moved` path keys, each in sum 0 (copies of the ancestors)
+            slot = natural[path[-moved - 1]] if len(path) > moved else -1
+            for member in path[-moved:]:
+                slot = put(member, slot, 0)
+        if not moved or kids[node]:
+            parent_slot = natural[path[-2]] if len(path) > 1 else -1
+            natural[node] = put(node, parent_slot, position % width)
+        stack.extend(reversed(kids[node]))
+    while (start + len(nodes)) % width:
+        nodes.append(-1)
+        slot_parents.append(-1)
+    return nodes, tuple(slot_parents[1:])
+
+
 class TokenTrie:
     """Builds a draft tree from token sequences, sharing common prefixes.
 

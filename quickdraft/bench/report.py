@@ -48,6 +48,7 @@ class RunInfo:
     categories: list[str]
     prompts: int
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exact: bool = True  # the engine's rows are promised equal to plain decoding's here (TargetModel.exact)
     draft_model: str | None = None
     warmup_rss_mb: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
@@ -95,6 +96,7 @@ def aggregate(records: Sequence[dict[str, Any]], info: RunInfo) -> dict[str, Any
             pass
     return {
         "model": info.model, "dtype": info.dtype, "device": info.device, "threads": info.threads,
+        "exact": info.exact,
         "suite": info.suite, "max_new_tokens": info.settings.max_new_tokens,
         "temperature": float(info.settings.temperature), "seed": info.settings.seed,
         "repeats": info.settings.repeats, "prompts": info.prompts, "categories": list(info.categories),
@@ -189,6 +191,13 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _lossless(method: dict[str, Any], results: dict[str, Any]) -> str:
+    """The lossless column: a lossless method on a machine whose rows are not checked exact says so."""
+    if not method["lossless"]:
+        return "no"
+    return "yes" if results.get("exact", True) else "not on this CPU"
+
+
 def _exact(cell: dict[str, Any]) -> str:
     if cell["exact_match"] is None:
         return "n/a"
@@ -221,6 +230,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
+    if not results.get("exact", True):
+        lines += ["", f"**Exactness is not guaranteed on this CPU in {results['dtype']}**: no draft layout passed "
+                  "the machine's self-check (`quickdraft/exactness.py`), so a lossless method's greedy output can "
+                  "differ from `ar`'s at near-ties; float32 is exact."]
     warm = {n: m["warmup_rss_mb"] for n, m in methods.items() if m.get("warmup_rss_mb") is not None}
     if warm:
         lines += ["", "Process peak memory (RSS high-water mark, so it only grows) after each method's warm-up: "
@@ -235,7 +248,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, m in methods.items():
         o = m["overall"]
         lines.append(
-            f"| `{name}` | {'yes' if m['lossless'] else 'no'} | {_fmt(o['speedup'], '.2f', '×')} | "
+            f"| `{name}` | {_lossless(m, results)} | {_fmt(o['speedup'], '.2f', '×')} | "
             f"{_fmt(o['tokens_per_s'], '.1f')} | {_fmt(o['mean_accepted'], '.2f')} | {_exact(o)} | {_split(o)} |"
         )
     for title, render in (
@@ -373,7 +386,8 @@ def summary_table(results: dict[str, Any]):
     from rich.table import Table
 
     cats = results["categories"]
-    table = Table(title=f"{results['model']} · {results['suite']} · {results['dtype']} · speedup vs ar",
+    table = Table(title=f"{results['model']} · {results['suite']} · {results['dtype']} · speedup vs ar"
+                  + ("" if results.get("exact", True) else " · exactness NOT guaranteed on this CPU"),
                   title_style="bold")
     for col in ("method", "speedup", "tok/s", "accepted", "exact"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -778,6 +778,7 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
         device=str(engine.target.device), threads=torch.get_num_threads(), suite=suite.name,
         settings=config.settings, lossless={b.name: b.lossless for b in backends},
         categories=suite.categories, prompts=len(suite.prompts), options=_clean(config.options),
+        exact=engine.target.exact,
         draft_model=config.draft_model, warmup_rss_mb=rss, peak_rss_mb=peak_rss_mb(), command=command,
     )
     results = report.aggregate(log_.read(), info)

@@ -96,7 +96,7 @@ class FeatureDrafter(nn.Module):
         """
         inputs = self.fc(torch.cat([features, next_embeds.to(features.dtype)], dim=-1))
         start = 0 if cache is None else cache.get_seq_length()
-        out = self.layer(inputs_embeds=inputs, position_ids=positions, past_key_values=cache,
+        out = self.layer(inputs_embeds=inputs, position_ids=positions, cache=cache,
                          use_cache=cache is not None, attention_mask=mask,
                          cache_position=torch.arange(start, start + inputs.shape[1], device=inputs.device))
         return out.last_hidden_state

@@ -81,7 +81,7 @@ class WholeModelLM:
             pos = list(positions) if positions is not None else list(range(start, start + n))
             kwargs = {"position_ids": torch.tensor([pos], device=device),
                       "attention_mask": additive_mask(allowed, self.model.dtype, device)}
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, **kwargs)
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, **kwargs)
         return out.logits[0].float()  # [n, V]
 
 
@@ -133,7 +133,7 @@ class LayerSubsetLM:
         position_embeddings = inner.rotary_emb(hidden, position_ids)
         for index in self.layers:
             hidden = inner.layers[index](
-                hidden, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                hidden, attention_mask=mask, position_ids=position_ids, cache=cache,
                 use_cache=True, position_embeddings=position_embeddings,
             )
             if hidden_out is not None:

@@ -107,14 +107,14 @@ class PPDObjective:
         prefix = ids.shape[1]
         with torch.no_grad():
             cache = DynamicCache(config=model.config)
-            teacher_all = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0]  # [T, V]
+            teacher_all = model(input_ids=ids, cache=cache, use_cache=True).logits[0]  # [T, V]
         count = len(anchors) * m
         allowed = prompt_group_mask(prefix, anchors, m).to(device)  # [A*m, T + A*m]
         mask = torch.zeros(1, 1, *allowed.shape, dtype=dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         positions = (anchors[:, None] + 1 + torch.arange(m)[None, :]).reshape(1, count).to(device)
         inputs = self.embeds.to(dtype).repeat(len(anchors), 1)[None]  # [1, A*m, H]
-        out = model(inputs_embeds=inputs, past_key_values=cache, use_cache=True, position_ids=positions,
+        out = model(inputs_embeds=inputs, cache=cache, use_cache=True, position_ids=positions,
                     attention_mask=mask, cache_position=torch.arange(prefix, prefix + count, device=device))
         student = out.logits[0].view(len(anchors), m, -1)  # [A, m, V]
         teacher = teacher_all[(anchors[:, None] + 1 + torch.arange(m)[None, :]).to(device)]  # [A, m, V]

@@ -7,6 +7,7 @@ import torch
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from quickdraft import attention
+from quickdraft.exactness import attention_rows
 
 
 def tensors(n: int, length: int, *, heads: int = 6, kv: int = 2, dim: int = 8, dtype=torch.float32, seed: int = 0):
@@ -49,52 +50,29 @@ def test_soft_capping_is_refused():
         attention.grouped_attention(SimpleNamespace(num_key_value_groups=3), q, k, v, mask, scaling=1.0, softcap=30.0)
 
 
-def tree_rows_and_plain_rows(parents, start: int, *, seed: int):
-    """bfloat16 attention rows of a tree pass (nodes in exact_layout's slots) and of each node decoded
-    alone (its path in consecutive positions, in a two-row pass as pad_single does)."""
-    from quickdraft.tree import ancestor_mask, exact_layout, path_to
-
-    n = len(parents) + 1
-    nodes, slot_parents = exact_layout(parents, start)
-    g = torch.Generator().manual_seed(seed)
-    heads, kv, dim = 9, 3, 64
-    cache_k = torch.randn(1, kv, start, dim, generator=g).bfloat16()
-    cache_v = torch.randn(1, kv, start, dim, generator=g).bfloat16()
-    node_q = torch.randn(1, heads, n, dim, generator=g).bfloat16()
-    node_k = torch.randn(1, kv, n, dim, generator=g).bfloat16()
-    node_v = torch.randn(1, kv, n, dim, generator=g).bfloat16()
-    at = [max(node, 0) for node in nodes]  # padding slots: any inputs (nobody sees them)
-    total = len(nodes)
-    allowed = torch.ones(total, start + total, dtype=torch.bool)
-    allowed[:, start:] = ancestor_mask(slot_parents)
-    mask = torch.zeros(1, 1, total, start + total, dtype=torch.bfloat16).masked_fill_(~allowed, -3e38)
-    module = SimpleNamespace(num_key_value_groups=heads // kv, training=False)
-
-    def attend(q, k, v, m):  # [1, heads, rows, dim]
-        return attention.grouped_attention(module, q, k, v, m, scaling=0.125)[0].transpose(1, 2)
-
-    rows = attend(node_q[:, :, at], torch.cat([cache_k, node_k[:, :, at]], 2), torch.cat([cache_v, node_v[:, :, at]], 2),
-                  mask)
-    tree, plain = [], []
-    for node in range(n):
-        path = [0] + path_to(parents, node)
-        keys = torch.cat([cache_k, node_k[:, :, path], node_k[:, :, :1]], 2)  # + the ignored second row's key
-        values = torch.cat([cache_v, node_v[:, :, path], node_v[:, :, :1]], 2)
-        pair = torch.zeros(1, 1, 2, keys.shape[2], dtype=torch.bfloat16)
-        pair[0, 0, 0, -1] = -3e38
-        plain.append(attend(node_q[:, :, [node, node]], keys, values, pair)[:, :, 0])
-        tree.append(rows[:, :, nodes.index(node)])
-    return tree, plain
-
-
-@pytest.mark.parametrize("start", [300, 301])
-def test_tree_rows_laid_out_by_exact_layout_equal_plain_decoding_in_bfloat16(start):
-    """Every node's row, bit for bit (random data seldom shows a drift without the layout; the real
-    model does: tests/integration/test_real_bf16.py has that control)."""
+@pytest.mark.parametrize("start", [300, 301, 302, 303])
+def test_tree_rows_laid_out_for_this_machine_equal_plain_decoding_in_bfloat16(tiny_bf16_engine, start):
+    """Every node's row, bit for bit, under the layout this machine's self-check chose (quickdraft.exactness
+    on the tiny model); random data seldom shows a drift without it; the real model does
+    (tests/integration/test_real_bf16.py has that control)."""
     import random
 
+    layout = tiny_bf16_engine.target.layout
+    assert layout is not None, "no layout passed this machine's self-check"
     rng = random.Random(start)
     for seed in range(12):
         parents = tuple(rng.randint(0, i) for i in range(rng.randint(8, 30) - 1))
-        tree, plain = tree_rows_and_plain_rows(parents, start, seed=seed)
+        tree, plain = attention_rows(parents, start, layout, heads=9, kv=3, dim=64, seed=seed)
         assert all(torch.equal(a, b) for a, b in zip(tree, plain))
+
+
+def test_the_attention_check_tells_layouts_apart():
+    """Control: the sensitive data of the check shows a wrong layout (rows in node order) at once."""
+    from quickdraft import models
+    from quickdraft.exactness import check_attention
+
+    as_is = {"node-order": lambda parents, start: (list(range(len(parents) + 1)), tuple(parents))}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "LAYOUTS", {**models.LAYOUTS, **as_is})
+        check = check_attention("node-order")
+    assert check.rows > 100 and check.differ > 0

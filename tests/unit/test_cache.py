@@ -74,7 +74,7 @@ def test_spread_places_a_pass_rows_as_told(tiny_engine):
     start = len(prefix)
     mask = torch.zeros(1, 1, 3, start + 5, dtype=target.dtype)  # additive: the pass's rows see every key
     with cache.spread(torch.tensor([0, 1, 1, 0, 2])), torch.inference_mode():
-        target.model(input_ids=torch.tensor([[7, 8, 9]]), past_key_values=cache.inner, use_cache=True,
+        target.model(input_ids=torch.tensor([[7, 8, 9]]), cache=cache.inner, use_cache=True,
                      attention_mask=mask, position_ids=torch.tensor([[start, start + 1, start + 2]]),
                      cache_position=torch.arange(start, start + 3))
     assert len(cache) == len(prefix) + 5

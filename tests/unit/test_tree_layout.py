@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from quickdraft.tree import ancestor_mask, children, depths, exact_layout, path_to
+from quickdraft.tree import ancestor_mask, chain_parents, children, depths, exact_layout, path_to
 
 
 def random_tree(rng: random.Random, n: int) -> tuple[int, ...]:
@@ -73,3 +73,46 @@ def test_slot_forest_masks_and_depths():
     assert mask[5].nonzero().flatten().tolist() == [4, 5]  # b sees the copy of r, not the first r
     assert mask[4].nonzero().flatten().tolist() == [4]
     assert children(slot_parents)[4] == [5] and children(slot_parents)[5] == []
+
+
+def interleaved_sums(keys: list[int], pass_keys: int, width: int = 4) -> list[list[int]]:
+    """The partial sums of ATen's bfloat16 product (the kernel interleaved_layout is for): which of a row's
+    visible keys (positions ``keys``) each sum adds, in order, in a pass of ``pass_keys`` keys. The last
+    ``pass_keys % width`` keys all go into the first sum."""
+    tail = pass_keys - pass_keys % width
+    sums: list[list[int]] = [[] for _ in range(width)]
+    for j, position in enumerate(sorted(keys)):
+        sums[0 if position >= tail else position % width].append(j)
+    return sums
+
+
+@pytest.mark.parametrize("start", [8, 9, 10, 11])
+@pytest.mark.parametrize("seed", range(30))
+def test_interleaved_layout_adds_every_rows_keys_as_plain_decoding(start, seed):
+    from quickdraft.tree import interleaved_layout
+
+    rng = random.Random(seed)
+    parents = random_tree(rng, rng.randint(1, 30)) if seed else chain_parents(rng.randint(1, 9))
+    nodes, slot_parents = interleaved_layout(parents, start)
+    assert len(slot_parents) == len(nodes) - 1 and (start + len(nodes)) % 4 == 0
+    assert sorted(set(nodes) - {-1}) == list(range(len(parents) + 1))
+    node_depths = depths(parents)
+    for node in range(len(parents) + 1):
+        row = nodes.index(node)  # a node is computed at its first slot
+        path = slot_path(slot_parents, row)
+        assert [nodes[s] for s in path] == [0] + path_to(parents, node) and path == sorted(path)
+        assert len(path) - 1 == node_depths[node]
+        # plain decoding: the path at start .. start + depth, then one ignored key (the padding row)
+        plain = interleaved_sums([start + d for d in range(len(path))], start + len(path) + 1)
+        assert interleaved_sums([start + s for s in path], start + len(nodes)) == plain
+    for slot, node in enumerate(nodes):  # a copy sees the ancestors its descendants need
+        if node >= 0:
+            assert [nodes[s] for s in slot_path(slot_parents, slot)] == [0] + path_to(parents, node)
+
+
+def test_interleaved_layout_without_branches_or_moved_keys_is_the_chain_itself():
+    from quickdraft.tree import interleaved_layout
+
+    assert interleaved_layout((0, 1), 10) == ([0, 1, 2, -1, -1, -1], (0, 1, -1, -1, -1))
+    # and the kernel model does tell layouts apart: node order would add a moved key in the wrong sum
+    assert interleaved_sums([9], 11) == [[0], [], [], []] != interleaved_sums([9], 16)
