@@ -258,9 +258,12 @@ def _split_list(value: str | None) -> list[str] | None:
 @click.option("--out", default="bench-results", show_default=True, help="output folder")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 @click.option("--force", is_flag=True, help="discard an earlier run in --out and start over")
+@click.option("--resume-anywhere", is_flag=True,
+              help="with --resume: continue although the code, torch/transformers or the CPU changed")
 @click.pass_context
 def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, temperature, seed, repeats, model,
-          draft_model, datastore, adapter, option_pairs, dtype, device, threads, out, resume, force) -> None:
+          draft_model, datastore, adapter, option_pairs, dtype, device, threads, out, resume, force,
+          resume_anywhere) -> None:
     """Measure methods against plain decoding: speedup, accepted tokens, exact match, per category."""
     import shlex
 
@@ -281,7 +284,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
         categories=None if categories is None else tuple(_split_list(categories)),
         settings=BenchSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, repeats=repeats),
         model=model, draft_model=draft_model, dtype=dtype, device=device, threads=threads, options=options,
-        out=Path(out), resume=resume, force=force,
+        out=Path(out), resume=resume, force=force, resume_anywhere=resume_anywhere,
     )
     prepared = prepare(config)  # input errors surface here, before loading or writing anything (an option a method does not take: once it is built, still before anything is written)
     given = [p for p in ctx.command.params
@@ -294,7 +297,8 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
     progress = RichProgress(Console(stderr=True))
     try:
         results = run_bench(prepared, progress=progress, command=shlex.join(w for w in words
-                                                                             if w not in ("--resume", "--force")))
+                                                                             if w not in ("--resume", "--force",
+                                                                                          "--resume-anywhere")))
     finally:
         progress.stop()
     Console().print(summary_table(results))
@@ -320,28 +324,50 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
               help="max_tokens of a request that gives none")
 @click.option("--option", "option_pairs", multiple=True, metavar="[METHOD.]KEY=VALUE",
               help="drafter option for every method, or for one method (repeatable); e.g. pld.k=8")
+@click.option("--methods", "offered", default=None, metavar="A,B,...",
+              help="the methods requests may ask for [default: the default method and ar]")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="a Host header name requests may carry (repeatable; '*': any) [default: loopback names when "
+                   "bound to loopback, else any]")
+@click.option("--docs", is_flag=True, help="serve /docs, /redoc and /openapi.json (behind the API key)")
+@click.option("--header-timeout", type=float, default=10.0, show_default=True,
+              help="seconds a client may take to send its request headers")
+@click.option("--body-timeout", type=float, default=30.0, show_default=True,
+              help="seconds a client may take to send its request body (then 408)")
+@click.option("--max-connections", type=int, default=256, show_default=True,
+              help="open connections beyond which the server answers 503")
+@click.option("--drafter-scope", type=click.Choice(["shared", "user"]), default="shared", show_default=True,
+              help="drafters learn from every request (shared) or only from the same 'user' field's requests")
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
-          default_max_tokens, option_pairs, dtype, threads, log_level) -> None:
+          default_max_tokens, option_pairs, offered, allow_hosts, docs, header_timeout, body_timeout,
+          max_connections, drafter_scope, dtype, threads, log_level) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     from .bench.runner import parse_options
     from .engine import load
     from .server import ServerConfig, default_method
     from .server import serve as run_server
 
+    from .server import LOOPBACK
+
     options = parse_options(option_pairs)
+    hosts = tuple(allow_hosts) or (LOOPBACK if host in LOOPBACK else ("*",))
     config = ServerConfig(  # every input error surfaces here, before loading the model
         default_method=method or default_method(), api_key=api_key, max_queue=max_queue,
         max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
         default_max_tokens=default_max_tokens, model_aliases=(model,), options=options,
+        methods=tuple(offered.split(",")) if offered else (), allowed_hosts=hosts, docs=docs,
+        header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections,
+        drafter_scope=drafter_scope,
     )
     if max_concurrency <= 0:
         raise QuickdraftError(f"--max-concurrency must be positive, got {max_concurrency}")
     engine = load(model, dtype=dtype, threads=threads)
-    engine.drafter(config.default_method, config.options_for(config.default_method))  # bad options fail now
+    for name in config.methods:  # bad options fail now
+        engine.drafter(name, config.options_for(name))
     click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
                f"{config.default_method} on http://{host}:{port}/v1", err=True)
     _warn_if_not_exact(engine)

@@ -325,17 +325,44 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
         np.save(tmp / "tokens.npy", tokens, allow_pickle=False)
         np.save(tmp / "suffix_array.npy", suffix_array, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _check_out(out)  # again: something may have appeared there while the index was built
+        old = None
+        if out.exists():  # the earlier datastore steps aside; it is deleted only once the new one is in place
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "datastore")
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old / "datastore", out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
+DATASTORE_FILES = frozenset({"meta.json", "tokens.npy", "suffix_array.npy"})
+
+
 def _check_out(out: Path) -> None:
-    if out.exists() and not (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))):
-        raise QuickdraftError(f"{out} exists and is not a quickdraft datastore; choose another --out")
+    """``out`` may be missing, an empty folder, or a datastore quickdraft wrote (its files only, its format):
+    anything else is the user's and is refused, never replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise QuickdraftError(f"{out} exists and is not a folder; choose another --out")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    try:
+        ours = json.loads((out / "meta.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours or not names <= DATASTORE_FILES:
+        raise QuickdraftError(f"{out} exists and is not a quickdraft datastore (other files are in it); "
+                              f"choose another --out")
 
 
 def load_tokenizer(spec: str):

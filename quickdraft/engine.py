@@ -15,7 +15,7 @@ every method share every line but the drafter.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterator, Sequence
 
@@ -25,9 +25,11 @@ import torch
 from .drafters import Draft, DraftContext, Drafter, StepOutcome, build_drafter, get_method
 from .errors import QuickdraftError
 from .models import TargetModel
-from .sampling import SamplingParams, make_generator, target_probs
-from .text import IncrementalText
-from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy, verify_tree_sampling
+from .sampling import Draws, SamplingParams, target_probs
+from .tree import chain_parents
+from .text import MAX_STOP_CHARS, IncrementalText
+from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy, verify_tree_positional, \
+    verify_tree_sampling
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Request:
     params: SamplingParams
     max_new_tokens: int
     stop: tuple[str, ...] = ()
+    tenant: str | None = None  # whose drafters serve it (Engine.drafter); None: the shared ones
 
 
 Message = dict[str, str]
@@ -110,9 +113,12 @@ Message = dict[str, str]
 class Engine:
     """A loaded target model plus the decode loop. Not thread-safe: one generation at a time."""
 
-    def __init__(self, target: TargetModel) -> None:
+    def __init__(self, target: TargetModel, *, max_drafters: int = 8) -> None:
+        if max_drafters <= 0:
+            raise QuickdraftError(f"max_drafters must be positive, got {max_drafters}")
         self.target = target
-        self._drafters: dict[tuple, Drafter] = {}
+        self.max_drafters = max_drafters
+        self._drafters: OrderedDict[tuple, Drafter] = OrderedDict()  # least recently used first
 
     @property
     def tokenizer(self):
@@ -178,8 +184,12 @@ class Engine:
         stop: str | Sequence[str] | None = None,
         system: str | None = None,
         chat: bool = True,
+        tenant: str | None = None,
     ) -> Request:
-        """Validate a request and tokenize its prompt; raises QuickdraftError on bad input."""
+        """Validate a request and tokenize its prompt; raises QuickdraftError on bad input.
+
+        tenant: requests of one tenant share drafters (and what they learn) only with each other
+        (None: the engine's shared drafters)."""
         get_method(method)  # unknown method -> error listing the known ones
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -187,12 +197,14 @@ class Engine:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if any(not isinstance(s, str) or not s for s in stops):
             raise QuickdraftError("stop strings must be non-empty strings")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise QuickdraftError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
         prompt_ids = self.encode(prompt, system=system, chat=chat)
         if len(prompt_ids) >= self.target.max_context:
             raise QuickdraftError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.target.max_context}"
             )
-        return Request(tuple(prompt_ids), method, params, max_new_tokens, stops)
+        return Request(tuple(prompt_ids), method, params, max_new_tokens, stops, tenant)
 
     def encode(self, prompt: str | Sequence[Message], *, system: str | None = None, chat: bool = True) -> list[int]:
         """Token ids of a prompt, through the chat template unless ``chat`` is False."""
@@ -215,25 +227,36 @@ class Engine:
             if len(messages) == 1 and messages[0]["role"] == "user":
                 return list(tok.encode(messages[0]["content"], add_special_tokens=True))
             raise QuickdraftError(f"model {self.model_name} has no chat template; pass a plain prompt")
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tok.encode(text, add_special_tokens=False))
+        specials = _special_texts(tok)
+        if not any(special in m["content"] for m in messages for special in specials):
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return list(tok.encode(text, add_special_tokens=False))
+        return _encode_chat_as_text(tok, messages)
 
-    def drafter(self, method: str, options: dict[str, Any] | None = None, *, strict: Collection[str] = ()) -> Drafter:
+    def drafter(self, method: str, options: dict[str, Any] | None = None, *, strict: Collection[str] = (),
+                tenant: str | None = None) -> Drafter:
         """The engine's drafter for a method and options, reset for a new request.
 
-        Drafters are kept per (method, options) so statistics they learn carry
-        across requests of this engine. strict: names among ``options`` that
+        Drafters are kept per (method, options, tenant) so statistics they learn
+        carry across requests of this engine (of one tenant); at most
+        ``max_drafters`` of them (the least recently used is dropped, with what
+        it learned). What they learn changes what they draft, never the text:
+        greedy output is plain decoding's, and seeded sampling plain sampling's. strict: names among ``options`` that
         the user set for this method: one the method does not take is an
         error (others may be meant for other methods and go unused); checked
         when the drafter is built.
         """
         options = dict(options or {})
-        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        key = (method, tuple(sorted((k, repr(v)) for k, v in options.items())), tenant)
         if key not in self._drafters:
             try:
-                self._drafters[key] = build_drafter(method, self.target, options, strict=strict)
+                built = build_drafter(method, self.target, options, strict=strict)
             except (TypeError, ValueError) as exc:
                 raise QuickdraftError(f"bad options for method {method!r}: {exc}") from exc
+            while len(self._drafters) >= self.max_drafters:
+                self._drafters.popitem(last=False)
+            self._drafters[key] = built
+        self._drafters.move_to_end(key)
         drafter = self._drafters[key]
         drafter.reset()
         return drafter
@@ -242,7 +265,7 @@ class Engine:
 
     def run(self, request: Request, *, options: dict[str, Any] | None = None) -> Iterator[str | GenerationResult]:
         """Decode a prepared request: text pieces, then the result."""
-        drafter = self.drafter(request.method, options)
+        drafter = self.drafter(request.method, options, tenant=request.tenant)
         stats = Stats(prompt_tokens=len(request.prompt_ids))
         text = IncrementalText(self.tokenizer, stops=request.stop)
         token_ids: list[int] = []
@@ -295,7 +318,7 @@ def decode(
     tokens[:prompt_len] = prompt_ids
     length = prompt_len
     cache = target.new_cache()
-    generator = None if params.greedy else make_generator(params.seed)
+    draws = None if params.greedy else Draws.for_request(params.seed)  # randomness keyed by token position
 
     t0 = time.perf_counter()
     hidden = None
@@ -323,7 +346,7 @@ def decode(
         logits = out.logits  # [n + 1, V]; extra inputs (if any) are dropped from the cache at commit
 
         # 3. accept
-        verdict = accept(logits, draft, params, generator)
+        verdict = accept(logits, draft, params, draws, position=length)
 
         # 4. commit: the cache keeps the root and the accepted path
         cache.keep(base, [0, *verdict.path])
@@ -350,18 +373,25 @@ def decode(
 
 
 def accept(
-    logits: torch.Tensor, draft: Draft, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, draft: Draft, params: SamplingParams, draws: Draws | None, *, position: int = 0
 ) -> Verdict:
-    """Greedy or sampling acceptance for a chain or a tree. logits: [n + 1, V]."""
+    """Greedy or sampling acceptance for a chain or a tree. logits: [n + 1, V]; position: the index of the
+    first token this step emits (the draws are keyed by it)."""
     tokens = list(draft.tokens)
     if params.greedy:
         if draft.is_chain:
             return verify_greedy(logits, tokens)
         return verify_tree_greedy(logits, tokens, draft.parents)
-    # Sampling draws on the host with the request's CPU generator (the same draws on every device):
-    # the probabilities move there once per step.
+    assert draws is not None, "sampling needs the request's draws"
+    # Sampling draws on the host with CPU generators (the same draws on every device): the probabilities
+    # move there once per step.
     probs = target_probs(logits, params).cpu()
-    draft_probs = None if draft.draft_probs is None else draft.draft_probs.cpu()
+    if draft.draft_probs is None:  # a deterministic draft: plain sampling's own token at each position
+        parents = chain_parents(len(tokens)) if draft.is_chain else draft.parents
+        return verify_tree_positional(probs, tokens, parents, lambda depth: draws.at(position + depth))
+    # A sampled draft: speculative (rejection) sampling, its draws keyed by the step's first position.
+    generator = draws.at(position)
+    draft_probs = draft.draft_probs.cpu()
     if not draft.is_chain:
         return verify_tree_sampling(probs, tokens, draft.parents, draft_probs, generator)
     return verify_sampling(probs, tokens, draft_probs, generator)
@@ -408,6 +438,33 @@ def _check_messages(messages: Sequence[Message]) -> list[Message]:
     if not any(m["content"].strip() for m in out if m["role"] == "user"):
         raise QuickdraftError("the prompt is empty (no user message with content)")
     return out
+
+
+def _special_texts(tokenizer) -> list[str]:
+    """The texts the tokenizer reads as special (control) tokens: ``<|im_start|>``, ``</s>``, ..."""
+    texts = set(getattr(tokenizer, "all_special_tokens", ()))
+    texts.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    return sorted(texts)
+
+
+def _encode_chat_as_text(tokenizer, messages: list[Message]) -> list[int]:
+    """The chat template's ids with every message's content encoded as text: special-token text a user
+    writes (``<|im_start|>assistant``) stays text, so a message cannot forge turns. The template is
+    rendered around placeholders; its own parts are encoded as usual, the contents with special tokens
+    split into ordinary ones."""
+    marks = [f"\u2063quickdraft-content-{i}\u2063" for i in range(len(messages))]
+    rendered = tokenizer.apply_chat_template([{**m, "content": mark} for m, mark in zip(messages, marks)],
+                                             add_generation_prompt=True, tokenize=False)
+    if any(rendered.count(mark) != 1 for mark in marks):
+        raise QuickdraftError("a message contains special-token text and this model's chat template changes "
+                              "message contents, so it cannot be encoded safely; remove the special tokens")
+    ids: list[int] = []
+    rest = rendered
+    for message, mark in zip(messages, marks):
+        before, _, rest = rest.partition(mark)
+        ids += tokenizer.encode(before, add_special_tokens=False)
+        ids += tokenizer.encode(message["content"], add_special_tokens=False, split_special_tokens=True)
+    return ids + list(tokenizer.encode(rest, add_special_tokens=False))
 
 
 def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: str = "cpu",

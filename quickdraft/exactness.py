@@ -36,7 +36,7 @@ from .tree import children, depths
 
 log = logging.getLogger(__name__)
 
-CHECK_VERSION = 2  # 2: the attention kernel is checked with sensitive data too
+CHECK_VERSION = 3  # 2: the attention kernel is checked with sensitive data too; 3: prefixes by prefill
 PREFIXES = (96, 97, 98, 99)  # cached tokens before the checked drafts: every residue modulo 4 (and parity)
 
 
@@ -60,7 +60,7 @@ def plain_logits(target, prefix: list[int], tokens: list[int], parents: tuple[in
     kids = children(parents)
     node_depths = depths(parents)
     cache = target.new_cache()
-    target.forward(prefix, cache)
+    target.prefill(prefix, cache)  # as the engine fills the cache: one causal pass
     base = len(cache)
     out: list[torch.Tensor | None] = [None] * len(tokens)
     stack = [0]
@@ -89,7 +89,7 @@ def check_layout(target, layout: str, *, trees_per_prefix: int = 1, seed: int = 
             for parents in drafts:
                 tokens = [rng.randrange(vocab) for _ in range(len(parents) + 1)]
                 cache = target.new_cache()
-                target.forward(prefix, cache)
+                target.prefill(prefix, cache)  # as the engine fills the cache: one causal pass
                 verified = target.forward(tokens, cache, None if parents == tuple(range(len(parents))) else parents)
                 plain = plain_logits(target, prefix, tokens, parents)
                 rows += len(tokens)

@@ -17,11 +17,13 @@ No ``trust_remote_code``, no pickle: only safetensors weights are read.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import nullcontext
@@ -159,14 +161,39 @@ def _fingerprint(path: Path) -> str:
 
 
 def converted_dir(gguf: Path) -> Path:
-    """The safetensors copy of a GGUF file, converting it on first use."""
+    """The safetensors copy of a GGUF file, converting it on first use.
+
+    Processes converting the same file at once take turns (a lock per entry): one converts, the
+    others find its result. Only earlier conversions of the very same file name are swept away."""
     check_gguf(gguf)
     out = cache_dir() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
     if (out / "quickdraft.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        if (out / "quickdraft.json").is_file():  # another process converted it meanwhile
+            return out
+        log.warning("converting %s to safetensors in %s (once)", gguf, out)
+        stale = re.compile(re.escape(gguf.stem) + r"-[0-9a-f]{16}")
+        for old in out.parent.iterdir():  # old conversions of this file name are stale once the file changed
+            if stale.fullmatch(old.name) and old != out:
+                shutil.rmtree(old, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+        try:
+            _convert(gguf, tmp)
+            if out.exists():  # an unfinished entry (no quickdraft.json) of a process that died
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _convert(gguf: Path, tmp: Path) -> None:
+    """Dequantize a GGUF file with transformers and save model and tokenizer as safetensors into ``tmp``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("converting %s to safetensors in %s (once)", gguf, out)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -176,11 +203,6 @@ def converted_dir(gguf: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Old conversions of the same file name are stale once the file changed.
-    for stale in out.parent.glob(f"{gguf.stem}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     digest = hashlib.sha256()
@@ -188,8 +210,6 @@ def converted_dir(gguf: Path) -> Path:
         while block := src.read(1 << 22):
             digest.update(block)
     (tmp / "quickdraft.json").write_text(json.dumps({"source": str(gguf.resolve()), "sha256": digest.hexdigest()}))
-    os.replace(tmp, out)
-    return out
 
 
 def resolve(spec: str) -> tuple[str, Path | str]:

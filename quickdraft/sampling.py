@@ -9,6 +9,7 @@ softmax details. Sampling applies temperature, then top-k, then top-p
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,10 @@ def argmax_rows(logits: torch.Tensor) -> list[int]:
     [1, 0]
     """
     return logits.max(dim=-1).indices.tolist()
+
+
+MIN_TEMPERATURE = 1e-4
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what a torch.Generator takes
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class SamplingParams:
             raise QuickdraftError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
         if t > 100:
             raise QuickdraftError(f"temperature {t} is too large (at most 100)")
+        if 0 < t < MIN_TEMPERATURE:  # logits / t would overflow to inf and the probabilities to NaN
+            raise QuickdraftError(f"temperature {t!r} is too small: use 0 for greedy or at least {MIN_TEMPERATURE}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX):
+            raise QuickdraftError(f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}], got {seed!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise QuickdraftError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         p = self.top_p
@@ -98,6 +108,49 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         gen.manual_seed(int(seed))
     return gen
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """A request's randomness, keyed by token position: ``at(p)`` is a fresh generator for the token at
+    position p (prompt tokens included), the same for every draft and every earlier traffic.
+
+    Plain sampling draws the token at p with ``at(p)``; so does the verification of a deterministic
+    draft (:func:`~quickdraft.verify.verify_tree_positional`), which therefore emits exactly the
+    tokens plain sampling emits with the same seed. ``stream`` salts the keys, so a drafter that
+    samples draws apart from the verifier.
+
+    >>> a, b = Draws(seed=7), Draws(seed=7)
+    >>> torch.rand((), generator=a.at(12)).item() == torch.rand((), generator=b.at(12)).item()
+    True
+    >>> torch.rand((), generator=a.at(12)).item() == torch.rand((), generator=a.at(13)).item()
+    False
+    """
+
+    seed: int
+    stream: int = 0
+
+    def at(self, position: int) -> torch.Generator:
+        key = _splitmix64((self.seed & _MASK64) ^ _splitmix64(self.stream * 0x100000001B3 + position))
+        return torch.Generator().manual_seed(key)
+
+    def salted(self, stream: int) -> Draws:
+        return Draws(self.seed, stream)
+
+    @classmethod
+    def for_request(cls, seed: int | None) -> Draws:
+        """The request's seed, or a fresh random one."""
+        return cls(int.from_bytes(os.urandom(8), "little") if seed is None else int(seed))
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:

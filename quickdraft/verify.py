@@ -16,6 +16,7 @@ node ``i`` predict the token after node ``i``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -151,6 +152,53 @@ def verify_tree_greedy(target_logits: torch.Tensor, draft_tokens: list[int], par
         node = child
     tokens.append(best[node])
     return Verdict(path=tuple(path), tokens=tuple(tokens), best=tuple(best))
+
+
+def verify_tree_positional(
+    target_probs: torch.Tensor,
+    draft_tokens: list[int],
+    parents: tuple[int, ...],
+    draw: Callable[[int], torch.Generator],
+) -> Verdict:
+    """Sampling acceptance of a deterministic draft (chain or tree) with one draw per token position.
+
+    target_probs: [n + 1, V] at the root and every node; draw(d): the generator for
+    the token emitted after d accepted tokens (a fresh one per position, see
+    :class:`~quickdraft.sampling.Draws`). From the root: draw the token ``x`` from
+    the current node's target row with ``draw(depth)``; move to a child whose
+    token is ``x``; with none, ``x`` is the recovered token (at a leaf, the bonus).
+
+    Every emitted token is a draw from the target distribution at its position,
+    whatever was drafted, so the output follows the target exactly; and with the
+    draws of plain sampling (the same seed) it is the very token plain sampling
+    emits there. A draft token is accepted with probability ``target[x]``, as
+    speculative sampling accepts a one-hot draft; siblings add their
+    probabilities. (Draft distributions that are not one-hot need
+    :func:`verify_tree_sampling`.)
+
+    >>> probs = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> verify_tree_positional(probs, [0, 1, 2], (0, 0, 2), lambda d: torch.Generator().manual_seed(d))
+    Verdict(path=(2, 3), tokens=(1, 2, 0))
+    """
+    n = len(draft_tokens)
+    assert target_probs.dim() == 2 and target_probs.shape[0] == n + 1, (
+        f"need {n + 1} prob rows, got {tuple(target_probs.shape)}"
+    )
+    assert len(parents) == n, f"need {n} parents, got {len(parents)}"
+    child_by_token: dict[tuple[int, int], int] = {}
+    for node, (parent, token) in enumerate(zip(parents, draft_tokens), start=1):
+        child_by_token.setdefault((parent, token), node)
+    path: list[int] = []
+    tokens: list[int] = []
+    node = 0
+    while True:
+        token = sample(target_probs[node], draw(len(path)))
+        tokens.append(token)
+        child = child_by_token.get((node, token))
+        if child is None:
+            return Verdict(path=tuple(path), tokens=tuple(tokens))
+        path.append(child)
+        node = child
 
 
 def verify_tree_sampling(

@@ -18,6 +18,8 @@ How the numbers are computed (also written into every report.md):
 
 from __future__ import annotations
 
+import os
+
 import datetime as _dt
 import json
 import statistics
@@ -348,7 +350,7 @@ def plot_speedup(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("speedup over ar (×)")
     ax.set_title(f"{results['model']} ({results['dtype']}), {results['suite']} suite")
     fig.legend(loc="outside lower center", fontsize="small", ncols=min(6, len(methods) + 1))
-    fig.savefig(path)
+    _save_atomic(fig, path)
 
 
 def plot_accepted(results: dict[str, Any], path: Path) -> None:
@@ -375,7 +377,14 @@ def plot_accepted(results: dict[str, Any], path: Path) -> None:
         axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no method drafted", ha="center", va="center")
         axes[0, 0].set_axis_off()
-    fig.savefig(path)
+    _save_atomic(fig, path)
+
+
+def _save_atomic(fig, path: Path) -> None:
+    """Write a plot whole or not at all (a reader never sees half a PNG)."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------ terminal

@@ -30,11 +30,13 @@ finished prompt; a line torn by a kill is dropped on resume.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import resource
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -657,6 +659,7 @@ class BenchConfig:
     out: Path = Path("bench-results")
     resume: bool = False
     force: bool = False
+    resume_anywhere: bool = False  # resume although code, library versions or the CPU differ from the run's
 
 
 @dataclass
@@ -681,6 +684,12 @@ def prepare(config: BenchConfig) -> Prepared:
         raise QuickdraftError(f"--out {out} is a file, not a folder")
     log_ = RecordLog(out / RECORDS)
     has_run = (out / MANIFEST).exists() or log_.path.exists()
+    if out.is_dir() and (out / LOCK).exists():
+        with _locked(out):  # refused now, before anything loads, if another run holds it
+            pass
+    if not has_run and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise QuickdraftError(f"--out {out} is not empty and holds no bench run; its files would be overwritten: "
+                              f"choose a new or empty folder")
     done: list[dict[str, Any]] = []
     if has_run and config.force:
         pass  # started over in run_bench, once everything has loaded
@@ -690,10 +699,16 @@ def prepare(config: BenchConfig) -> Prepared:
     elif has_run:
         manifest = _read_manifest(out / MANIFEST)
         expected = manifest_for(config, suite, names)
-        diff = [k for k in expected if manifest.get(k) != expected[k]]
+        diff = [k for k in expected if manifest.get(k) != expected[k] and k not in ENVIRONMENT]
         if diff:
             raise QuickdraftError(f"cannot resume {out}: the run was started with different {', '.join(diff)}; "
                                   f"repeat its options or use --force to start over")
+        moved = [k for k in ENVIRONMENT if manifest.get(k) != expected[k]]
+        if moved and not config.resume_anywhere:
+            raise QuickdraftError(f"cannot resume {out}: its measurements were made with another "
+                                  f"{', '.join(moved)} ({'; '.join(f'{manifest.get(k)} -> {expected[k]}' for k in moved)}); "
+                                  f"mixing them would compare different things. Use --force to start over, or "
+                                  f"--resume-anywhere to mix them anyway")
         done = log_.read()
         planned = {(r, p.id, m) for r in range(config.settings.repeats) for p in suite.prompts for m in names}
         keys = [record_key(r) for r in done]
@@ -705,13 +720,45 @@ def prepare(config: BenchConfig) -> Prepared:
 
 
 def manifest_for(config: BenchConfig, suite: Suite, names: Sequence[str]) -> dict[str, Any]:
-    """What must not change between an interrupted run and its resumption."""
+    """What must not change between an interrupted run and its resumption (the run's options, then the
+    environment that made its measurements: :data:`ENVIRONMENT`)."""
+    from .. import __version__
+    from ..profile import cpu_kernels, machine_name
+
+    versions = {"quickdraft": __version__, "torch": torch.__version__}
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - a dependency
+        pass
     return {
         "model": config.model, "draft_model": config.draft_model, "dtype": config.dtype, "device": config.device,
         "threads": config.threads, "suite": suite.name, "suite_fingerprint": suite.fingerprint(),
         "prompts": [p.id for p in suite.prompts], "methods": list(names), "options": _clean(config.options),
         **asdict(config.settings),
+        "versions": versions, "code": _code_version(), "machine": machine_name(config.device),
+        "kernels": cpu_kernels(config.device),
     }
+
+
+ENVIRONMENT = ("versions", "code", "machine", "kernels")  # what measured the run, besides its options
+LOCK = ".lock"
+
+
+def _code_version() -> str:
+    """The git commit of quickdraft's checkout (with ``+dirty`` for uncommitted changes), or its version."""
+    from .. import __version__
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = dirty = ""
+    return f"{commit}{'+dirty' if dirty else ''}" if commit else __version__
 
 
 def _clean(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -763,6 +810,26 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        return _measure_and_report(prepared, engine, backends, runner, rss, progress, command)
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock file: a second run on the same folder is refused, not interleaved."""
+    with open(out / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise QuickdraftError(f"another bench run is writing to {out}; wait for it or choose another --out") from None
+        yield
+
+
+def _measure_and_report(prepared: Prepared, engine, backends, runner, rss, progress, command) -> dict[str, Any]:
+    from . import report
+
+    config, suite = prepared.config, prepared.suite
+    out = Path(config.out)
     log_ = RecordLog(out / RECORDS)
     if config.force:
         for name in (RECORDS, MANIFEST, "results.json", "report.md", "speedup.png", "accepted_hist.png"):

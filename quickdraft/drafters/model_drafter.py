@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..profile import AdaptiveNodeBudget
-from ..sampling import SamplingParams, argmax_rows, make_generator, sample, target_probs
+from ..sampling import Draws, SamplingParams, argmax_rows, sample, target_probs
 from .adaptive import AcceptanceModel, keep_drafting
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .lm import DraftLM, DraftSession, causal_allowed
@@ -193,7 +193,7 @@ class ModelDrafter(Drafter):
         self.acceptance = AcceptanceModel()  # chains, and the most probable child in trees
         self.sibling_acceptance: dict[int, AcceptanceModel] = {}  # trees: the child ranked r >= 1 by its parent
         self.use(lm, cost)
-        self._generator: torch.Generator | None = None
+        self._draws: Draws | None = None  # sampling: the draft's own draws, keyed by token position
         self._last: tuple[Draft, list[float], list[int]] | None = None  # last draft, node confidences, ranks
         self._backoff = Backoff()
 
@@ -205,7 +205,7 @@ class ModelDrafter(Drafter):
     def reset(self) -> None:
         # The session's cache stays: it is keyed by token ids, so a new prompt
         # reuses what it shares with the last one and drops the rest.
-        self._generator = None
+        self._draws = None
         self._last = None
         self._backoff.left = 0  # a new request starts with a probe
 
@@ -221,14 +221,14 @@ class ModelDrafter(Drafter):
             # decline again; the next probe catches the draft cache up in one pass.
             self._last = None
             return EMPTY_DRAFT
-        if not params.greedy and self._generator is None:
-            # Its own stream, seeded from the request's seed, apart from the verifier's.
-            self._generator = make_generator(None if params.seed is None else params.seed + 0x5EED)
+        if not params.greedy and self._draws is None:
+            # Draws of its own, from the request's seed, apart from the verifier's (another stream).
+            self._draws = Draws.for_request(params.seed).salted(0x5EED)
         logits = self._target_space(self.session.sync(self._draft_ids(context.tokens)))  # [V_target]
         if self.tree is not None:
             draft, confs, ranks = self._tree(logits, params, limit, len(context.tokens))
         else:
-            draft, confs = self._chain(logits, params, limit)
+            draft, confs = self._chain(logits, params, limit, len(context.tokens))
             ranks = [0] * len(confs)
             self._backoff.record(declined=not draft.tokens)
         self._last = (draft, confs, ranks)
@@ -245,7 +245,8 @@ class ModelDrafter(Drafter):
     def _target_space(self, logits: torch.Tensor) -> torch.Tensor:
         return self.vocab.target_logits(logits)
 
-    def _chain(self, logits: torch.Tensor, params: SamplingParams, limit: int) -> tuple[Draft, list[float]]:
+    def _chain(self, logits: torch.Tensor, params: SamplingParams, limit: int,
+               committed: int) -> tuple[Draft, list[float]]:
         adaptive = self.k is None
         probs = draft_distribution(logits, params)  # [V_target]
         conf = float(probs.max())
@@ -257,7 +258,8 @@ class ModelDrafter(Drafter):
         confs: list[float] = []
         reach, expected = 1.0, 1.0
         while True:
-            token = argmax_rows(logits[None])[0] if params.greedy else sample(probs, self._generator)
+            token = (argmax_rows(logits[None])[0] if params.greedy
+                     else sample(probs, self._draws.at(committed + len(tokens))))
             tokens.append(token)
             rows.append(probs)
             confs.append(conf)

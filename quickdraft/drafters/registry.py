@@ -121,6 +121,17 @@ def get_method(name: str) -> MethodSpec:
     raise QuickdraftError(f"unknown method {name!r}; available methods: {known} (combine them with '+')")
 
 
+def canonical_method(name: str) -> str:
+    """One spelling per method: the parts of a combination sorted (``recycle+pld`` -> ``pld+recycle``), so
+    orderings of the same parts are one method (one drafter, one metrics label). Unknown names raise.
+
+    >>> canonical_method("recycle+pld"), canonical_method("pld")
+    ('pld+recycle', 'pld')
+    """
+    get_method(name)
+    return "+".join(sorted(name.split("+"))) if "+" in name else name
+
+
 def _combined(name: str) -> MethodSpec:
     """A method whose drafts merge the drafts of its parts (see :mod:`.combine`)."""
     names = name.split("+")

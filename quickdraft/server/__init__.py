@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from ..engine import Engine
 from ..errors import QuickdraftError
-from .app import ServerConfig, create_app, default_method
+from .app import LOOPBACK_HOSTS, ServerConfig, create_app, default_method
+from .connections import uvicorn_config
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOOPBACK = LOOPBACK_HOSTS
 
 
 def serve(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8000,
@@ -39,8 +40,14 @@ def serve(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port
         logging.getLogger(__name__).warning(
             "serving on %s without an API key: anyone who can reach this address can use the model", host)
     engines = [engine, *(Engine(engine.target) for _ in range(max_concurrency - 1))]
-    uvicorn.run(create_app(engines, config), host=host, port=port, log_level=log_level,
-                timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn_config(create_app(engines, config), config, host=host, port=port,
+                                           log_level=log_level))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C (or SIGINT) after a graceful shutdown: a normal end, as uvicorn.run has it
+        pass
+    if not server.started:
+        raise QuickdraftError(f"the server could not start on {host}:{port} (see the log above)")
 
 
-__all__ = ["ServerConfig", "create_app", "default_method", "serve"]
+__all__ = ["ServerConfig", "create_app", "default_method", "serve", "uvicorn_config"]

@@ -10,18 +10,23 @@ from the queue or stops its generation and frees the engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..drafters import get_method, methods
+from ..drafters.registry import canonical_method
 from ..engine import Engine, GenerationResult
 from ..errors import QuickdraftError
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -32,6 +37,7 @@ from .scheduler import Job, Scheduler, ServerBusy
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = 499  # the status we count for a client that disconnected (nginx's convention)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def default_method() -> str:
@@ -49,6 +55,19 @@ class ServerConfig:
     default_max_tokens: ``max_tokens`` when a request gives none.
     model_aliases: other names clients may use for the model (besides the engine's name).
     options: drafter options, ``{"": {for every method}, "pld": {"k": 8}, ...}`` (a method's own win).
+    methods: the methods requests may ask for (empty: the default method and ``ar``); combinations are
+        kept in canonical spelling (``recycle+pld`` is ``pld+recycle``), so every drafter the server
+        builds, and every metrics label, comes from this list.
+    allowed_hosts: the ``Host`` names requests may carry (``*``: any); loopback names by default, so a
+        web page cannot reach a local server through DNS rebinding.
+    docs: serve ``/docs``, ``/redoc`` and ``/openapi.json`` (behind the API key when one is set).
+    header_timeout, body_timeout: seconds a client may take to send its request headers, and its body;
+        a slower connection is closed (headers) or answered 408 (body).
+    max_connections: open connections (and requests in flight) beyond which uvicorn answers 503.
+    drafter_scope: ``shared``: drafters learn from every request (n-gram statistics, recycled tokens,
+        auto's choices), which makes drafts better, and lets timing hint at what others wrote;
+        ``user``: requests share drafters only with requests of the same ``user`` field (requests
+        without one share the anonymous drafters). Neither changes any answer's text.
     """
 
     default_method: str = "pld"
@@ -60,9 +79,30 @@ class ServerConfig:
     max_body_bytes: int = 4 << 20
     model_aliases: tuple[str, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    docs: bool = False
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
+    drafter_scope: str = "shared"
 
     def __post_init__(self) -> None:
-        get_method(self.default_method)
+        object.__setattr__(self, "default_method", canonical_method(self.default_method))
+        offered = [canonical_method(m.strip()) for m in (self.methods or (self.default_method, "ar")) if m.strip()]
+        if not offered:
+            raise QuickdraftError("the server must offer at least one method")
+        if self.default_method not in offered:
+            raise QuickdraftError(f"the default method {self.default_method!r} is not among the offered "
+                                  f"methods: {', '.join(offered)}")
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(offered)))
+        if self.drafter_scope not in ("shared", "user"):
+            raise QuickdraftError(f"drafter_scope must be 'shared' or 'user', got {self.drafter_scope!r}")
+        if not self.allowed_hosts:
+            raise QuickdraftError("allowed_hosts is empty (use '*' to allow any Host)")
+        for name in ("header_timeout", "body_timeout", "max_connections"):
+            if getattr(self, name) <= 0:
+                raise QuickdraftError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_tokens_limit", "default_max_tokens", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise QuickdraftError(f"{name} must be positive, got {getattr(self, name)}")
@@ -122,8 +162,17 @@ class Server:
                 await asyncio.to_thread(self.scheduler.stop)
 
         app = FastAPI(title="quickdraft", summary="OpenAI-compatible server with lossless speculative decoding",
-                      lifespan=lifespan)
+                      lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+        if "*" not in self.config.allowed_hosts:
+            app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(self.config.allowed_hosts))
         auth = [Depends(self._authorize)]
+        if self.config.docs:  # FastAPI's own pages, behind the key like the API
+            app.add_api_route("/openapi.json", lambda: JSONResponse(app.openapi()), methods=["GET"],
+                              dependencies=auth, include_in_schema=False)
+            app.add_api_route("/docs", lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="quickdraft"),
+                              methods=["GET"], dependencies=auth, include_in_schema=False)
+            app.add_api_route("/redoc", lambda: get_redoc_html(openapi_url="/openapi.json", title="quickdraft"),
+                              methods=["GET"], dependencies=auth, include_in_schema=False)
         app.add_api_route("/health", self.health, methods=["GET"])
         app.add_api_route("/metrics", self.metrics_page, methods=["GET"], dependencies=auth)
         app.add_api_route("/v1/models", self.models, methods=["GET"], dependencies=auth)
@@ -157,14 +206,15 @@ class Server:
                             headers=getattr(exc, "headers", None))
 
     async def _internal_error(self, request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s", request.url.path, exc_info=exc)
-        return await self._api_error(request, ApiError(500, f"internal error: {type(exc).__name__}: {exc}"))
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error %s on %s", incident, request.url.path, exc_info=exc)
+        return await self._api_error(request, ApiError(500, internal_message(incident)))
 
     # ------------------------------------------------------- endpoints
 
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.engine.model_name, "default_method": self.config.default_method,
-                "methods": [spec.name for spec in methods()], "running": self.scheduler.running,
+                "methods": list(self.config.methods), "running": self.scheduler.running,
                 "waiting": self.scheduler.waiting}
 
     async def metrics_page(self) -> Response:
@@ -188,18 +238,59 @@ class Server:
     # ------------------------------------------------------ generation
 
     async def _read_json(self, request: Request) -> Any:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":  # a web page can send text/plain cross-site without a CORS preflight
+            raise ApiError(415, f"the request body must be sent as Content-Type: application/json, got "
+                                f"{kind or 'none'!r}")
         limit = self.config.max_body_bytes
         too_big = ApiError(413, f"the request body is larger than {limit} bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_big
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+
+        async def read() -> None:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.config.body_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body took longer than {self.config.body_timeout:g} s to arrive") from None
         return decode_body(b"".join(chunks))
+
+    def _offered(self, method: str | None) -> str:
+        """The canonical name of a method this server offers (the default when none is asked), else a 400."""
+        if method is None:
+            return self.config.default_method
+        try:
+            name = canonical_method(method)
+        except QuickdraftError as exc:
+            raise ApiError(400, str(exc), param="method") from None
+        if name not in self.config.methods:
+            raise ApiError(400, f"method {method!r} is not offered by this server; it offers: "
+                                f"{', '.join(self.config.methods)}", param="method")
+        return name
+
+    def _check_prompt_size(self, prompt: Any, *, chat: bool) -> None:
+        """Refuse a prompt that cannot fit before tokenizing it: no token is longer than the vocabulary's longest
+        token string, so a prompt of more characters than that times the token limit has too many tokens."""
+        texts = [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
+        chars = sum(len(text) for text in texts)
+        limit = self.config.max_prompt_tokens or self.engine.target.max_context
+        if chars > limit * self._longest_token:
+            raise ApiError(400, f"the prompt has {chars} characters: more than the {limit} tokens this server "
+                                f"accepts can hold", param="messages" if chat else "prompt")
+
+    @functools.cached_property
+    def _longest_token(self) -> int:
+        tokenizer = self.engine.tokenizer
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        return max(1, max(len(piece) for piece in pieces if piece is not None))
 
     def _check_request(self, body: GenerationFields, max_tokens: int | None) -> int:
         if body.model is not None and body.model not in self.model_names:
@@ -216,19 +307,19 @@ class Server:
 
     async def _generate(self, request: Request, body: GenerationFields, prompt: Any, *, chat: bool,
                         max_tokens: int | None) -> Response:
-        method = body.method or self.config.default_method
-        known = any(spec.name == method for spec in methods())
-        outcome = request.state.outcome = _Outcome(self.metrics, request.url.path, method if known else "")
+        method = self._offered(body.method)
+        outcome = request.state.outcome = _Outcome(self.metrics, request.url.path, method)
         max_new_tokens = self._check_request(body, max_tokens)
-        try:
-            prepared = self.engine.prepare(
-                prompt, method=method, max_new_tokens=max_new_tokens,
+        self._check_prompt_size(prompt, chat=chat)
+        try:  # tokenizing a long prompt takes a while: off the event loop, so other streams go on
+            prepared = await asyncio.to_thread(
+                self.engine.prepare, prompt, method=method, max_new_tokens=max_new_tokens,
                 temperature=1.0 if body.temperature is None else body.temperature,
                 top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, seed=body.seed,
-                stop=body.stop, chat=chat,
+                stop=body.stop, chat=chat, tenant=body.user if self.config.drafter_scope == "user" else None,
             )
         except QuickdraftError as exc:
-            raise ApiError(400, str(exc), param="method" if not known else None) from None
+            raise ApiError(400, str(exc)) from None
         limit = self.config.max_prompt_tokens
         if limit is not None and len(prepared.prompt_ids) > limit:
             raise ApiError(400, f"the prompt has {len(prepared.prompt_ids)} tokens; this server accepts at most "
@@ -321,7 +412,15 @@ async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
 def _as_api_error(item: Exception) -> ApiError:
     if isinstance(item, QuickdraftError):
         return ApiError(400, str(item))
-    return ApiError(500, f"the generation failed: {type(item).__name__}: {item}")
+    incident = uuid.uuid4().hex[:12]
+    log.error("generation failed: internal error %s", incident, exc_info=item)
+    return ApiError(500, internal_message(incident))
+
+
+def internal_message(incident: str) -> str:
+    """A 500's message: no exception text (it can carry internals or the request's own data), an id to find
+    the server's log entry by."""
+    return f"internal server error (incident {incident} in the server log)"
 
 
 def _raise_if_error(item: Any) -> None:

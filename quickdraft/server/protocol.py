@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from ..engine import GenerationResult
+from ..text import MAX_STOP_CHARS
 
 MAX_STOP_STRINGS = 16
 
@@ -74,6 +75,8 @@ def _stop(value: Any) -> list[str] | None:
         raise ValueError("must be a non-empty string or a list of non-empty strings")
     if len(stops) > MAX_STOP_STRINGS:
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ValueError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
     return stops
 
 
@@ -174,15 +177,38 @@ def decode_body(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not valid UTF-8 (bad byte at offset {exc.start})") from None
+    too_deep = ApiError(400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:  # the parser recurses once per level
+        raise too_deep from None
+    if _nesting(data) > MAX_JSON_DEPTH:
+        raise too_deep
     try:  # JSON escapes can smuggle in lone surrogates, which no tokenizer can encode
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(400, "the request contains an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)") from None
     return data
+
+
+MAX_JSON_DEPTH = 64  # an OpenAI request nests 5 levels at most (messages -> content parts -> part)
+
+
+def _nesting(data: Any) -> int:
+    """How deeply lists and objects nest in decoded JSON (iteratively: no recursion to exhaust).
+
+    >>> _nesting({"a": [1, {"b": "[[["}]})
+    3
+    """
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 # --------------------------------------------------------------- responses

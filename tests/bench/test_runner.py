@@ -221,7 +221,7 @@ def test_a_method_variant_runs_as_a_method_of_its_own_with_its_options(tiny_engi
     variant, plain = results["methods"]["pld[k=1]"]["overall"], results["methods"]["pld"]["overall"]
     assert variant["exact_match"] == plain["exact_match"] == 1.0
     assert set(variant["accepted_hist"]) <= {"0", "1"}  # one draft token per pass at most
-    assert ("pld", (("k", "1"),)) in tiny_engine._drafters  # its own drafter, with its option
+    assert ("pld", (("k", "1"),), None) in tiny_engine._drafters  # its own drafter, with its option
     assert "| `pld[k=1]` | yes |" in (out / "report.md").read_text()
 
 
@@ -242,3 +242,45 @@ def test_hf_assisted_with_the_model_as_its_own_draft_accepts_and_matches(tiny_en
     assert peer["exact_match"] == 1.0
     assert peer["mean_accepted"] > 1.5  # an assistant identical to the target is always right (plain: 1.0)
     assert results["draft_model"] == str(tiny_dir)
+
+
+def test_a_folder_of_the_users_is_never_written_into(tiny_engine, small_suite, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own report")
+    for flags in ({}, {"force": True}, {"resume": True}):
+        with pytest.raises(QuickdraftError, match="not empty and holds no bench run"):
+            prepare(config(small_suite, out, methods=("pld",), **flags))
+    assert (out / "report.md").read_text() == "my own report"
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(tiny_engine, small_suite, tmp_path):
+    from quickdraft.bench.runner import _locked
+
+    out = tmp_path / "out"
+    cfg = config(small_suite, out, methods=("pld",))
+    prepared = prepare(cfg)
+    out.mkdir()
+    with _locked(out):  # another run is writing
+        with pytest.raises(QuickdraftError, match="another bench run is writing"):
+            prepare(cfg)
+        with pytest.raises(QuickdraftError, match="another bench run is writing"):
+            run_bench(prepared, engine=tiny_engine)
+    run_bench(prepared, engine=tiny_engine)  # free again
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # results and plots written whole
+
+
+def test_resume_refuses_measurements_from_other_code_libraries_or_cpu(tiny_engine, small_suite, tmp_path):
+    out = tmp_path / "out"
+    cfg = config(small_suite, out, methods=("pld",))
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(prepare(cfg), engine=tiny_engine, progress=StopAfter(2))
+    manifest = json.loads((out / "run.json").read_text())
+    assert {"quickdraft", "torch", "transformers"} <= set(manifest["versions"])
+    assert manifest["machine"].startswith("cpu:") and "aten=" in manifest["kernels"] and manifest["code"]
+    prepare(dataclasses.replace(cfg, resume=True))  # the same environment resumes
+    for key, value in (("kernels", "aten=AVX2,onednn_bf16=0"), ("versions", {"torch": "0.1"}), ("code", "abc")):
+        (out / "run.json").write_text(json.dumps({**manifest, key: value}))
+        with pytest.raises(QuickdraftError, match=f"another {key}"):
+            prepare(dataclasses.replace(cfg, resume=True))
+        prepare(dataclasses.replace(cfg, resume=True, resume_anywhere=True))  # the override

@@ -17,7 +17,7 @@ import uvicorn
 
 from quickdraft import load
 from quickdraft.engine import Engine
-from quickdraft.server import ServerConfig, create_app
+from quickdraft.server import ServerConfig, create_app, uvicorn_config
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
 
@@ -27,8 +27,7 @@ def serving(engines: Sequence[Engine], config: ServerConfig) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engines, config), log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(create_app(engines, config), config, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -18,7 +18,7 @@ from quickdraft.drafters import Draft, DraftContext, Drafter, StepOutcome, get_m
 from quickdraft.drafters.auto import Auto, SourceSpec, source_names
 from quickdraft.drafters.registry import BuildContext
 from quickdraft.engine import accept
-from quickdraft.sampling import SamplingParams
+from quickdraft.sampling import Draws, SamplingParams
 from quickdraft.selection import LatencyModel, resolve
 from quickdraft.verify import Verdict
 from tests.unit.test_tree_sampling import DRAFT_MODEL, MARKOV, ROOT, chi2_critical, chi2_statistic, markov_joint
@@ -356,12 +356,12 @@ def markov_counts(verifier, *, trials: int, length: int, seed: int) -> tuple[dic
                               "sampled": MarkovSource("sampled", seed=seed)}, margin=0.0)
     alone = make_auto(world, {"sampled": MarkovSource("sampled", seed=seed + 1)})
     params = SamplingParams(temperature=1.0)
-    g = torch.Generator().manual_seed(seed)
     counts: dict = {}
     kinds = {"one source, with probabilities": 0, "merged tree": 0}
     for trial in range(trials):
         auto = mixed if trial % 2 else alone
         auto.reset()
+        draws = Draws(seed=seed * 1_000_003 + trial)  # a request's draws, keyed by position
         tokens = [ROOT]
         while len(tokens) <= length:
             draft = auto.propose(DraftContext(tokens=np.array(tokens), prompt_len=1, budget=3, params=params))
@@ -369,7 +369,7 @@ def markov_counts(verifier, *, trials: int, length: int, seed: int) -> tuple[dic
             kinds["one source, with probabilities"] += draft.draft_probs is not None
             kinds["merged tree"] += not draft.is_chain
             logits = MARKOV[[tokens[-1], *draft.tokens]].log()  # [n + 1, 4]: the target row at every node
-            verdict = verifier(logits, draft, params, g)
+            verdict = verifier(logits, draft, params, draws, position=len(tokens))
             auto.observe(StepOutcome(draft=draft, path=verdict.path, tokens=verdict.tokens, target_logits=logits))
             tokens += verdict.tokens
         key = tuple(tokens[1: length + 1])
@@ -387,14 +387,14 @@ def test_auto_under_sampling_keeps_the_target_distribution():
 
 def test_the_sampling_check_can_fail():
     """Negative control: a verifier that always accepts the first branch is caught by the same check."""
-    def gullible(logits, draft, params, g):
+    def gullible(logits, draft, params, draws, position):
         parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
         path, node = [], 0
         for i, p in enumerate(parents, start=1):
             if p == node:
                 path.append(i)
                 node = i
-        bonus = int(torch.multinomial(logits[node].softmax(-1), 1, generator=g))
+        bonus = int(torch.multinomial(logits[node].softmax(-1), 1, generator=draws.at(position + len(path))))
         return Verdict(path=tuple(path), tokens=(*(draft.tokens[i - 1] for i in path), bonus))
 
     counts, _ = markov_counts(gullible, trials=2000, length=3, seed=5)

@@ -153,7 +153,7 @@ def test_datastore_bad_input(tmp_path, tokenizer):
     with pytest.raises(QuickdraftError, match="not a quickdraft datastore"):
         Datastore.open(tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(QuickdraftError, match="exists and is not a quickdraft datastore"):
+    with pytest.raises(QuickdraftError, match="exists and is not a folder"):
         build_datastore(["text"], tokenizer, tmp_path / "file", model_name="tiny")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
@@ -209,3 +209,28 @@ def shipped_datastore_path():
     from quickdraft.datastore import shipped_datastore
 
     return shipped_datastore("smollm2-135m-instruct")
+
+
+def test_a_users_folder_with_a_meta_json_is_never_replaced(tmp_path, tokenizer):
+    """A folder holding a meta.json of the user's own (and other files) survives, with a clear error."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "meta.json").write_text('{"name": "my project"}')
+    (mine / "notes.txt").write_text("important")
+    with pytest.raises(QuickdraftError, match="not a quickdraft datastore"):
+        build_datastore(["text"], tokenizer, mine, model_name="tiny")
+    assert sorted(p.name for p in mine.iterdir()) == ["meta.json", "notes.txt"]
+    # a datastore of ours with a user's file put into it is not replaced either
+    build_datastore(["text"], tokenizer, tmp_path / "ds", model_name="tiny")
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    with pytest.raises(QuickdraftError, match="other files"):
+        build_datastore(["more text"], tokenizer, tmp_path / "ds", model_name="tiny")
+    assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+
+
+def test_rebuilding_a_datastore_swaps_it_in_and_leaves_no_temporary_folders(tmp_path, tokenizer):
+    first = build_datastore(["one text"], tokenizer, tmp_path / "ds", model_name="tiny")
+    second = build_datastore(["another, longer text than the first"], tokenizer, tmp_path / "ds", model_name="tiny")
+    assert second["tokens"] > first["tokens"]
+    assert Datastore.open(tmp_path / "ds").meta["tokens"] == second["tokens"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -70,8 +70,8 @@ def test_generate_warns_and_says_so_in_json_and_stats(tiny_dir, no_exact_layout)
     assert "exactness NOT guaranteed" in out.stderr
 
 
-def test_generate_json_says_exact_where_the_check_passed(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+def test_generate_json_says_exact_where_the_check_passed(tiny_dir, tiny_bf16_engine):
+    assert tiny_bf16_engine.target.exact  # the check ran (and is cached) for the session's tiny model
     for dtype in ("float32", "bfloat16"):
         out = CliRunner().invoke(main, ["generate", "abc abc", "--model", str(tiny_dir), "--method", "ngram",
                                         "--no-chat", "--max-new-tokens", "8", "--json", "--dtype", dtype])

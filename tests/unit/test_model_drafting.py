@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -346,9 +348,11 @@ def _first_token_counts(tiny_engine, ids, params, trials, *, wrong_probs=False):
     drafter = ModelDrafter(LayerSubsetLM(target.model, [0]), k=1)
     g = torch.Generator().manual_seed(5)
     counts = torch.zeros(target.vocab_size)
-    context = DraftContext(tokens=np.array(ids), prompt_len=len(ids), budget=1, params=params)
     inside = 0
-    for _ in range(trials):
+    for trial in range(trials):  # each trial a request of its own seed (a drafter's draws are keyed by position)
+        drafter.reset()
+        context = DraftContext(tokens=np.array(ids), prompt_len=len(ids), budget=1,
+                               params=dataclasses.replace(params, seed=trial))
         draft = drafter.propose(context)
         probs = draft.draft_probs
         if wrong_probs:  # a verifier told the wrong draft distribution (uniform): biased

@@ -1,6 +1,7 @@
 """Model specs: resolution errors, the conversion cache key, dtype choice."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,45 @@ def test_offline_hub_id_fails_fast_with_alternatives(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(QuickdraftError, match="smollm2-135m-instruct"):
         load_model("some-org/some-model")
+
+
+CONVERT_IN_A_PROCESS = """
+import sys, time
+from pathlib import Path
+from quickdraft import models
+
+def slow_convert(gguf, tmp):  # stands in for transformers' conversion: slow, and counted
+    with open(sys.argv[2], "a") as log:
+        log.write("converted\\n")
+    time.sleep(1.0)
+    (tmp / "quickdraft.json").write_text("{}")
+
+models._convert = slow_convert
+print(models.converted_dir(Path(sys.argv[1])))
+"""
+
+
+def test_two_processes_converting_one_file_take_turns(tmp_path):
+    """One converts, the other waits and finds the result; no temporary folder is left; a model whose name
+    merely starts with the same stem is not swept away."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 60)
+    neighbour = cache / "models" / "model-instruct-0123456789abcdef"
+    neighbour.mkdir(parents=True)
+    (neighbour / "quickdraft.json").write_text("{}")
+    stale = cache / "models" / "model-fedcba9876543210"
+    stale.mkdir()
+    log = tmp_path / "conversions.log"
+    env = {**os.environ, "QUICKDRAFT_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERT_IN_A_PROCESS, str(gguf), str(log)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(paths) == 1 and log.read_text().count("converted") == 1
+    names = sorted(p.name for p in (cache / "models").iterdir() if not p.name.endswith(".lock"))
+    assert names == sorted([Path(paths.pop()).name, neighbour.name])  # the stale entry of this name is gone

@@ -39,3 +39,25 @@ def test_incomplete_utf8_is_held_back():
     euro = "€".encode()
     assert t.add([ord("a"), euro[0]]) == ("a", False)
     assert t.add(list(euro[1:])) == ("€", False)
+
+
+def test_stop_strings_are_read_once_per_character_whatever_the_answer_length(monkeypatch):
+    """16 stop strings of the longest allowed length over a long answer: each character is read once per
+    stop (before, every step re-scanned the answer and sliced it once per stop character)."""
+    from quickdraft import text as text_module
+
+    read = []
+    original = text_module.StopMatcher.feed
+    monkeypatch.setattr(text_module.StopMatcher, "feed",
+                        lambda self, s, start, end: read.append(end - start) or original(self, s, start, end))
+    stops = tuple(("a" * (text_module.MAX_STOP_CHARS - 1) + chr(66 + i)) for i in range(16))  # never complete
+    t = IncrementalText(CharTok(), stops=stops)
+    shown = "".join(t.add([ord("a")] * 3)[0] for _ in range(2000))
+    assert sum(read) == 16 * 6000
+    assert shown == "a" * (6000 - text_module.MAX_STOP_CHARS + 1)  # held back: could still become a stop
+    assert t.flush() == "a" * (text_module.MAX_STOP_CHARS - 1)
+
+
+def test_the_earliest_stop_wins_and_matches_may_start_in_earlier_pieces():
+    assert feed("", ["xxab", "cd", "zz"], stops=("cdz", "abcd")) == ("xx", True, "xx")
+    assert feed("", ["aab", "ab"], stops=("abab",)) == ("a", True, "a")
