@@ -57,8 +57,10 @@ def test_a_verified_chain_is_computed_as_plain_decoding(bf16_engine):
 
 def tree_against_steps(target, seed: int = 1, trees: int = 4) -> tuple[int, int]:
     """Random trees verified in one pass against each node decoded alone after its ancestors:
-    (nodes whose logits differ, nodes). Prefixes of even and odd length (the layout depends on it)."""
+    (nodes whose logits differ, nodes). Prefixes of every length modulo 4 (the layouts depend on it)."""
     import random
+
+    from quickdraft.exactness import plain_logits
 
     rng = random.Random(seed)
     differ = nodes = 0
@@ -66,32 +68,27 @@ def tree_against_steps(target, seed: int = 1, trees: int = 4) -> tuple[int, int]
         n = rng.randint(12, 30)
         parents = tuple(rng.randint(max(0, i - 3), i) for i in range(n - 1))  # deep, branching trees
         tokens = [rng.randint(100, 40000) for _ in range(n)]
+        prefix = PREFIX + [5] * (trial % 4)
         cache = target.new_cache()
-        target.forward(PREFIX + [5] * (trial % 2), cache)
-        base = len(cache)
+        target.prefill(prefix, cache)
         tree = target.forward(tokens, cache, parents)
-        for node in range(n):
-            cache.truncate(base)
-            for step in [0] + path_to(parents, node):
-                alone = target.forward([tokens[step]], cache)[0]
-            differ += not torch.equal(alone, tree[node])
-            nodes += 1
+        plain = plain_logits(target, prefix, tokens, parents)
+        differ += sum(not torch.equal(plain[node], tree[node]) for node in range(n))
+        nodes += n
     return differ, nodes
 
 
 def test_every_node_of_a_tree_is_computed_as_plain_decoding(bf16_engine, monkeypatch):
-    """Under the layout the machine's self-check chose, on other trees than the check's; controls: rows in
-    node order, and every other known layout (each made for another CPU's kernel), drift at near-ties."""
-    from quickdraft.models import LAYOUTS
-
+    """Under the layout the machine's self-check chose, on other trees than the check's; control: the
+    nodes in node order (no layout) drift at near-ties. (The attention-level check in
+    tests/unit/test_attention.py shows each layout against the others on this machine's kernel.)"""
     target = bf16_engine.target
     differ, nodes = tree_against_steps(target)
     assert nodes > 50 and differ == 0
     chosen = target.layout
     try:
-        for other in [None, *(name for name in LAYOUTS if name != chosen)]:
-            target.layout = other
-            assert tree_against_steps(target, trees=2)[0] > 0, f"layout {other} was exact too"
+        target.layout = None
+        assert tree_against_steps(target)[0] > 0
     finally:
         target.layout = chosen
 

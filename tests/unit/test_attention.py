@@ -66,8 +66,9 @@ def test_tree_rows_laid_out_for_this_machine_equal_plain_decoding_in_bfloat16(ti
         assert all(torch.equal(a, b) for a, b in zip(tree, plain))
 
 
-def test_the_attention_check_tells_layouts_apart():
-    """Control: the sensitive data of the check shows a wrong layout (rows in node order) at once."""
+def test_the_attention_check_tells_layouts_apart(tiny_bf16_engine):
+    """Controls: the sensitive data of the check shows a wrong layout at once: rows in node order, and the
+    known layouts this machine's self-check did not choose (each is made for another CPU kernel)."""
     from quickdraft import models
     from quickdraft.exactness import check_attention
 
@@ -76,3 +77,5 @@ def test_the_attention_check_tells_layouts_apart():
         patch.setattr(models, "LAYOUTS", {**models.LAYOUTS, **as_is})
         check = check_attention("node-order")
     assert check.rows > 100 and check.differ > 0
+    for other in set(models.LAYOUTS) - {tiny_bf16_engine.target.layout}:
+        assert check_attention(other).differ > 0, f"{other} is exact on this machine's kernel too"
