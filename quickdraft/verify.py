@@ -140,18 +140,32 @@ def verify_tree_greedy(target_logits: torch.Tensor, draft_tokens: list[int], par
     n = len(draft_tokens)
     assert target_logits.shape[0] == n + 1, f"need {n + 1} logit rows, got {target_logits.shape[0]}"
     best = argmax_rows(target_logits)  # [n + 1]
+    path, tokens = follow_tree(draft_tokens, parents, lambda node, depth: best[node])
+    return Verdict(path=path, tokens=tokens, best=tuple(best))
+
+
+def follow_tree(draft_tokens: list[int], parents: tuple[int, ...],
+                target_token: Callable[[int, int], int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """From the root, the target's token at each node (``target_token(node, depth)``, asked once per node on
+    the path) and the child carrying it, while there is one: (accepted path, emitted tokens).
+
+    >>> follow_tree([7, 8, 9], (0, 0, 2), lambda node, depth: {0: 8, 2: 9, 3: 1}[node])
+    ((2, 3), (8, 9, 1))
+    """
     child_by_token: dict[tuple[int, int], int] = {}
     for node, (parent, token) in enumerate(zip(parents, draft_tokens), start=1):
-        child_by_token.setdefault((parent, token), node)
+        child_by_token.setdefault((parent, token), node)  # the first of duplicated siblings
     path: list[int] = []
     tokens: list[int] = []
     node = 0
-    while (child := child_by_token.get((node, best[node]))) is not None:
+    while True:
+        token = target_token(node, len(path))
+        tokens.append(token)
+        child = child_by_token.get((node, token))
+        if child is None:
+            return tuple(path), tuple(tokens)
         path.append(child)
-        tokens.append(best[node])
         node = child
-    tokens.append(best[node])
-    return Verdict(path=tuple(path), tokens=tuple(tokens), best=tuple(best))
 
 
 def verify_tree_positional(
@@ -185,20 +199,8 @@ def verify_tree_positional(
         f"need {n + 1} prob rows, got {tuple(target_probs.shape)}"
     )
     assert len(parents) == n, f"need {n} parents, got {len(parents)}"
-    child_by_token: dict[tuple[int, int], int] = {}
-    for node, (parent, token) in enumerate(zip(parents, draft_tokens), start=1):
-        child_by_token.setdefault((parent, token), node)
-    path: list[int] = []
-    tokens: list[int] = []
-    node = 0
-    while True:
-        token = sample(target_probs[node], draw(len(path)))
-        tokens.append(token)
-        child = child_by_token.get((node, token))
-        if child is None:
-            return Verdict(path=tuple(path), tokens=tuple(tokens))
-        path.append(child)
-        node = child
+    path, tokens = follow_tree(draft_tokens, parents, lambda node, depth: sample(target_probs[node], draw(depth)))
+    return Verdict(path=path, tokens=tokens)
 
 
 def verify_tree_sampling(

@@ -71,8 +71,10 @@ def tree_against_steps(target, seed: int = 1, trees: int = 4) -> tuple[int, int]
         prefix = PREFIX + [5] * (trial % 4)
         cache = target.new_cache()
         target.prefill(prefix, cache)
+        base = len(cache)
         tree = target.forward(tokens, cache, parents)
-        plain = plain_logits(target, prefix, tokens, parents)
+        cache.truncate(base)
+        plain = plain_logits(target, prefix, tokens, parents, cache)
         differ += sum(not torch.equal(plain[node], tree[node]) for node in range(n))
         nodes += n
     return differ, nodes
