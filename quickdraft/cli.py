@@ -64,16 +64,17 @@ def _stats_line(result) -> str:
         f"{s.steps} target passes, mean accepted {s.mean_accepted:.2f}; "
         f"prompt {s.prompt_tokens} tokens; draft {s.draft_s:.2f}s, verify {s.verify_s:.2f}s"
         + (f"; {_sources_text(s.sources)}" if s.sources else "")
-        + ("" if result.exact else "; exactness NOT guaranteed on this CPU")
+        + ("" if result.exact else "; exactness NOT guaranteed here")
     )
 
 
 def _warn_if_not_exact(engine) -> None:
     """One line on stderr when this machine cannot promise output equal to plain decoding (quickdraft.exactness)."""
-    if not engine.target.exact:
-        from .exactness import NOT_EXACT
+    from .exactness import not_exact_message
 
-        click.echo("warning: " + NOT_EXACT.format(dtype=str(engine.target.dtype).removeprefix("torch.")), err=True)
+    message = not_exact_message(engine.target)
+    if message:
+        click.echo("warning: " + message, err=True)
 
 
 def _sources_text(sources: dict[str, dict[str, int]]) -> str:
@@ -354,7 +355,8 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
     from .server import LOOPBACK
 
     options = parse_options(option_pairs)
-    hosts = tuple(allow_hosts) or (LOOPBACK if host in LOOPBACK else ("*",))
+    hosts = tuple(f"[{h}]" if ":" in h and not h.startswith("[") else h for h in allow_hosts)  # IPv6 as in Host
+    hosts = hosts or (LOOPBACK if host in LOOPBACK else ("*",))
     config = ServerConfig(  # every input error surfaces here, before loading the model
         default_method=method or default_method(), api_key=api_key, max_queue=max_queue,
         max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,

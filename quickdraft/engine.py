@@ -207,7 +207,11 @@ class Engine:
         return Request(tuple(prompt_ids), method, params, max_new_tokens, stops, tenant)
 
     def encode(self, prompt: str | Sequence[Message], *, system: str | None = None, chat: bool = True) -> list[int]:
-        """Token ids of a prompt, through the chat template unless ``chat`` is False."""
+        """Token ids of a prompt, through the chat template unless ``chat`` is False (thread-safe)."""
+        with self.target.tokenizer_lock:
+            return self._encode(prompt, system=system, chat=chat)
+
+    def _encode(self, prompt: str | Sequence[Message], *, system: str | None, chat: bool) -> list[int]:
         tok = self.tokenizer
         if isinstance(prompt, str):
             if not prompt.strip():

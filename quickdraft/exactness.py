@@ -11,8 +11,9 @@ pass's last keys all in the first one. :data:`quickdraft.models.LAYOUTS` holds
 one layout per known kernel.
 
 :func:`select_layout` checks the layouts on the loaded model, on this machine:
-chains and random trees after prefixes of every length modulo 4, each node's
-logits against the same token decoded alone after its ancestors. The first
+the attention kernel on sensitive data after prefixes of every length modulo 4,
+then chains and random trees of the model itself after two prefixes, each
+node's logits against the same token decoded alone after its ancestors. The first
 layout under which every node is bit-identical is used; none: no layout, and
 :attr:`~quickdraft.models.TargetModel.exact` is False (the CLI, bench and
 server say so). The verdict is cached next to the latency profile, keyed by
@@ -224,3 +225,15 @@ def select_layout(target, *, directory: Path | None = None, refresh: bool = Fals
 
 NOT_EXACT = ("exactness is not guaranteed on this CPU in {dtype}: no draft layout computes every row as plain "
              "decoding does here, so output can differ from plain decoding at near-ties (float32 is exact)")
+NOT_EXACT_GPU = ("exactness is not guaranteed on {device} in {dtype}: passes of several rows round differently from "
+                 "one-token passes there, so output can differ from plain decoding at near-ties (float32 is exact)")
+
+
+def not_exact_message(target) -> str | None:
+    """Why greedy output is not promised equal to plain decoding on this target (None: it is)."""
+    if target.exact:
+        return None
+    dtype = str(target.dtype).removeprefix("torch.")
+    if target.device.type != "cpu":
+        return NOT_EXACT_GPU.format(device=target.device.type, dtype=dtype)
+    return NOT_EXACT.format(dtype=dtype)

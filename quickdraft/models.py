@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -176,8 +177,8 @@ def converted_dir(gguf: Path) -> Path:
             return out
         log.warning("converting %s to safetensors in %s (once)", gguf, out)
         stale = re.compile(re.escape(gguf.stem) + r"-[0-9a-f]{16}")
-        for old in out.parent.iterdir():  # old conversions of this file name are stale once the file changed
-            if stale.fullmatch(old.name) and old != out:
+        for old in out.parent.iterdir():  # old conversions of this very file are stale once it changed
+            if stale.fullmatch(old.name) and old != out and _converted_from(old) == str(gguf.resolve()):
                 shutil.rmtree(old, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
         try:
@@ -188,6 +189,14 @@ def converted_dir(gguf: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _converted_from(entry: Path) -> str | None:
+    """The GGUF file a cache entry was converted from (None: unknown, or not a finished entry)."""
+    try:
+        return json.loads((entry / "quickdraft.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _convert(gguf: Path, tmp: Path) -> None:
@@ -353,6 +362,9 @@ class TargetModel:
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_context = int(getattr(config, "max_position_embeddings", 0) or 1 << 20)
         self.eos_ids = _eos_ids(model, tokenizer)
+        # Engines sharing this model share its tokenizer; encoding with special tokens split toggles a setting
+        # of the (Rust) tokenizer, so encodings take turns (quickdraft.engine.Engine.encode).
+        self.tokenizer_lock = threading.Lock()
         # With pad_single: the name of the LAYOUTS entry that makes every row of a pass equal plain decoding's
         # on this machine, or None (rows in node order: no such promise). Set by quickdraft.exactness.
         self.layout: str | None = None

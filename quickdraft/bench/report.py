@@ -197,7 +197,7 @@ def _lossless(method: dict[str, Any], results: dict[str, Any]) -> str:
     """The lossless column: a lossless method on a machine whose rows are not checked exact says so."""
     if not method["lossless"]:
         return "no"
-    return "yes" if results.get("exact", True) else "not on this CPU"
+    return "yes" if results.get("exact", True) else "not here"
 
 
 def _exact(cell: dict[str, Any]) -> str:
@@ -233,9 +233,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("command"):
         lines += ["", f"Command: `{results['command']}`"]
     if not results.get("exact", True):
-        lines += ["", f"**Exactness is not guaranteed on this CPU in {results['dtype']}**: no draft layout passed "
-                  "the machine's self-check (`quickdraft/exactness.py`), so a lossless method's greedy output can "
-                  "differ from `ar`'s at near-ties; float32 is exact."]
+        lines += ["", f"**Exactness is not guaranteed on this machine in {results['dtype']}** (on a CPU: no draft "
+                  "layout passed its self-check, `quickdraft/exactness.py`; on a GPU it is not claimed), so a "
+                  "lossless method's greedy output can differ from `ar`'s at near-ties; float32 is exact."]
     warm = {n: m["warmup_rss_mb"] for n, m in methods.items() if m.get("warmup_rss_mb") is not None}
     if warm:
         lines += ["", "Process peak memory (RSS high-water mark, so it only grows) after each method's warm-up: "
@@ -396,7 +396,7 @@ def summary_table(results: dict[str, Any]):
 
     cats = results["categories"]
     table = Table(title=f"{results['model']} · {results['suite']} · {results['dtype']} · speedup vs ar"
-                  + ("" if results.get("exact", True) else " · exactness NOT guaranteed on this CPU"),
+                  + ("" if results.get("exact", True) else " · exactness NOT guaranteed here"),
                   title_style="bold")
     for col in ("method", "speedup", "tok/s", "accepted", "exact"):
         table.add_column(col, justify="left" if col == "method" else "right")

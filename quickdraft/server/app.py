@@ -37,7 +37,7 @@ from .scheduler import Job, Scheduler, ServerBusy
 log = logging.getLogger(__name__)
 
 CLIENT_GONE = 499  # the status we count for a client that disconnected (nginx's convention)
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")  # a Host header carries IPv6 in brackets
 
 
 def default_method() -> str:
@@ -261,7 +261,7 @@ class Server:
             await asyncio.wait_for(read(), self.config.body_timeout)
         except asyncio.TimeoutError:
             raise ApiError(408, f"the request body took longer than {self.config.body_timeout:g} s to arrive") from None
-        return decode_body(b"".join(chunks))
+        return await asyncio.to_thread(decode_body, b"".join(chunks))  # a 4 MB body takes a while to parse
 
     def _offered(self, method: str | None) -> str:
         """The canonical name of a method this server offers (the default when none is asked), else a 400."""

@@ -38,9 +38,12 @@ class HeaderDeadline(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
+        # The next request's headers are on the clock too. Armed first: uvicorn may start a pipelined
+        # request inside on_response_complete, and handle_events then disarms it again.
+        self._arm()
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request's headers are on the clock too
+        if self.transport.is_closing():
+            self._disarm()
 
     def _arm(self) -> None:
         self._disarm()

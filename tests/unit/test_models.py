@@ -1,5 +1,6 @@
 """Model specs: resolution errors, the conversion cache key, dtype choice."""
 
+import json
 import os
 from pathlib import Path
 
@@ -94,8 +95,12 @@ def test_two_processes_converting_one_file_take_turns(tmp_path):
     neighbour = cache / "models" / "model-instruct-0123456789abcdef"
     neighbour.mkdir(parents=True)
     (neighbour / "quickdraft.json").write_text("{}")
-    stale = cache / "models" / "model-fedcba9876543210"
+    stale = cache / "models" / "model-fedcba9876543210"  # an earlier conversion of this very file: swept
     stale.mkdir()
+    (stale / "quickdraft.json").write_text(json.dumps({"source": str(gguf.resolve())}))
+    elsewhere = cache / "models" / "model-00112233445566aa"  # a file of the same name in another folder: kept
+    elsewhere.mkdir()
+    (elsewhere / "quickdraft.json").write_text(json.dumps({"source": "/somewhere/else/model.gguf"}))
     log = tmp_path / "conversions.log"
     env = {**os.environ, "QUICKDRAFT_CACHE": str(cache)}
     procs = [subprocess.Popen([sys.executable, "-c", CONVERT_IN_A_PROCESS, str(gguf), str(log)], env=env,
@@ -105,4 +110,4 @@ def test_two_processes_converting_one_file_take_turns(tmp_path):
     paths = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(paths) == 1 and log.read_text().count("converted") == 1
     names = sorted(p.name for p in (cache / "models").iterdir() if not p.name.endswith(".lock"))
-    assert names == sorted([Path(paths.pop()).name, neighbour.name])  # the stale entry of this name is gone
+    assert names == sorted([Path(paths.pop()).name, neighbour.name, elsewhere.name])  # only the stale one is gone
