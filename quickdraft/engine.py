@@ -14,6 +14,7 @@ every method share every line but the drafter.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -444,11 +445,12 @@ def _check_messages(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
-def _special_texts(tokenizer) -> list[str]:
+@functools.lru_cache(maxsize=8)
+def _special_texts(tokenizer) -> tuple[str, ...]:
     """The texts the tokenizer reads as special (control) tokens: ``<|im_start|>``, ``</s>``, ..."""
     texts = set(getattr(tokenizer, "all_special_tokens", ()))
     texts.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
-    return sorted(texts)
+    return tuple(sorted(texts))
 
 
 def _encode_chat_as_text(tokenizer, messages: list[Message]) -> list[int]:

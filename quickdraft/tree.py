@@ -110,6 +110,8 @@ def exact_layout(parents: tuple[int, ...] | list[int], start: int) -> tuple[list
     >>> exact_layout([0, 0, 1, 3], start=11)   # r at odd position 11: a and b pair with their children
     ([0, 1, 3, 4, 2], (0, 1, 2, 0))
     """
+    if all(p == i for i, p in enumerate(parents)):  # a chain (every verify pass of a chain drafter): as is
+        return list(range(len(parents) + 1)), tuple(parents)
     kids = children(parents)
     nodes: list[int] = [0]
     slot_parents: list[int] = []

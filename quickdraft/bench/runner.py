@@ -31,6 +31,7 @@ finished prompt; a line torn by a kill is dropped on resume.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -746,6 +747,7 @@ ENVIRONMENT = ("versions", "code", "machine", "kernels")  # what measured the ru
 LOCK = ".lock"
 
 
+@functools.lru_cache(maxsize=1)
 def _code_version() -> str:
     """The git commit of quickdraft's checkout (with ``+dirty`` for uncommitted changes), or its version."""
     from .. import __version__
