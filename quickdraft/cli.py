@@ -87,6 +87,15 @@ def _sources_text(sources: dict[str, dict[str, int]]) -> str:
     return "sources: " + (", ".join(parts) or "none")
 
 
+BACKEND_HELP = ("what runs the model: llamacpp (GGUF as shipped, llama.cpp's CPU kernels), transformers, or auto "
+                "(llamacpp for a GGUF file or alias on the CPU when installed)")
+
+
+def backend_option(command):
+    return click.option("--backend", type=click.Choice(["auto", "transformers", "llamacpp"]), default="auto",
+                        show_default=True, help=BACKEND_HELP)(command)
+
+
 @main.command()
 @click.argument("prompt", required=False)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="alias, .gguf file, HF directory or hub id")
@@ -98,7 +107,7 @@ def _sources_text(sources: dict[str, dict[str, int]]) -> str:
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 = off")
 @click.option("--seed", type=int, default=None)
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch's or llama.cpp's)")
 @click.option("--system", default=None, help="system message")
 @click.option("--no-chat", is_flag=True, help="raw completion, without the chat template")
 @click.option("--stop", multiple=True, help="stop string (repeatable)")
@@ -112,8 +121,10 @@ def _sources_text(sources: dict[str, dict[str, int]]) -> str:
 @click.option("--draft-model", default=None, help="draft model for draft/draft-tree (same forms as --model)")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="drafter option (repeatable); e.g. k=4, tree=true, skip=4,6,8")
+@backend_option
 def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, seed, dtype, threads, system,
-             no_chat, stop, prompt_file, show_stats, as_json, adapter, datastore, draft_model, option_pairs) -> None:
+             no_chat, stop, prompt_file, show_stats, as_json, adapter, datastore, draft_model, option_pairs,
+             backend) -> None:
     """Generate an answer to PROMPT, streamed as it is produced."""
     from .drafters import get_method
     from .engine import load
@@ -129,7 +140,7 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if other:
         raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
                               f"use --option KEY=VALUE")
-    engine = load(model, dtype=dtype, threads=threads)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend)
     _warn_if_not_exact(engine)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
@@ -166,24 +177,33 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
 @main.command()
 def methods() -> None:
     """List the decoding methods."""
+    from .backends import backends, installed
     from .drafters import methods as all_methods
 
+    names = [b.name for b in backends()]
+    here = set(installed())
+    click.echo(f"{'method':<12} {'':<9} {'  '.join(names)}")
     for spec in all_methods():
-        click.echo(f"{spec.name:<12} {'lossless' if spec.lossless else 'LOSSY':<9} {spec.description}")
+        runs = "  ".join(("yes" if spec.runs_on(b.capabilities) else "-").center(len(b.name)) for b in backends())
+        click.echo(f"{spec.name:<12} {'lossless' if spec.lossless else 'LOSSY':<9} {runs}  {spec.description}")
     click.echo("combine methods with '+' (e.g. pld+recycle): one tree merged from their drafts")
+    missing = [name for name in names if name not in here]
+    if missing:
+        click.echo(f"not installed here: {', '.join(missing)} (`make setup` installs every backend)")
 
 
 @main.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch's or llama.cpp's)")
 @click.option("--refresh", is_flag=True, help="measure again even if this machine's profile is cached")
-def profile(model, dtype, threads, refresh) -> None:
+@backend_option
+def profile(model, dtype, threads, refresh, backend) -> None:
     """Show (measuring once) how verify latency grows with draft nodes here, and the node budget."""
     from .engine import load
     from .profile import load_or_measure, node_budget
 
-    engine = load(model, dtype=dtype, threads=threads)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend)
     prof = load_or_measure(engine.target, refresh=refresh)
     click.echo(f"{prof.key.model} ({prof.key.dtype}, {prof.key.threads} threads) on {prof.key.machine}"
                + ("" if prof.quiet else "  [measured while the machine was busy]"))
@@ -210,12 +230,13 @@ In the evening the cat slept on the mat, and the cat dreamed of the kitchen, the
 @click.option("--method", default="pld", show_default=True, help="the accelerated method to compare")
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
 @click.option("--max-new-tokens", type=int, default=160, show_default=True)
-def demo(model, method, dtype, max_new_tokens) -> None:
+@backend_option
+def demo(model, method, dtype, max_new_tokens, backend) -> None:
     """Generate one answer plainly and once accelerated; compare speed and output."""
     from .engine import load
 
-    engine = load(model, dtype=dtype)
-    click.echo(f"model {engine.model_name} ({engine.target.dtype}); prompt: an editing task that copies its input\n")
+    engine = load(model, dtype=dtype, backend=backend)
+    click.echo(f"model {engine.model_name} ({engine.target.dtype}, {engine.target.backend}); prompt: an editing task that copies its input\n")
     engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=8)  # warm-up
     plain = engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=max_new_tokens)
     fast = engine.generate(DEMO_PROMPT, method=method, max_new_tokens=max_new_tokens)
@@ -255,16 +276,17 @@ def _split_list(value: str | None) -> list[str] | None:
               help="drafter option for every method, or for one method (repeatable); e.g. pld.k=8")
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch's or llama.cpp's)")
 @click.option("--out", default="bench-results", show_default=True, help="output folder")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 @click.option("--force", is_flag=True, help="discard an earlier run in --out and start over")
 @click.option("--resume-anywhere", is_flag=True,
               help="with --resume: continue although the code, torch/transformers or the CPU changed")
+@backend_option
 @click.pass_context
 def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, temperature, seed, repeats, model,
           draft_model, datastore, adapter, option_pairs, dtype, device, threads, out, resume, force,
-          resume_anywhere) -> None:
+          resume_anywhere, backend) -> None:
     """Measure methods against plain decoding: speedup, accepted tokens, exact match, per category."""
     import shlex
 
@@ -285,6 +307,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
         categories=None if categories is None else tuple(_split_list(categories)),
         settings=BenchSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, repeats=repeats),
         model=model, draft_model=draft_model, dtype=dtype, device=device, threads=threads, options=options,
+        backend=backend,
         out=Path(out), resume=resume, force=force, resume_anywhere=resume_anywhere,
     )
     prepared = prepare(config)  # input errors surface here, before loading or writing anything (an option a method does not take: once it is built, still before anything is written)
@@ -340,12 +363,13 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 @click.option("--drafter-scope", type=click.Choice(["shared", "user"]), default="shared", show_default=True,
               help="drafters learn from every request (shared) or only from the same 'user' field's requests")
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch's or llama.cpp's)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@backend_option
 def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
           default_max_tokens, option_pairs, offered, allow_hosts, docs, header_timeout, body_timeout,
-          max_connections, drafter_scope, dtype, threads, log_level) -> None:
+          max_connections, drafter_scope, dtype, threads, log_level, backend) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
     from .bench.runner import parse_options
     from .engine import load
@@ -367,7 +391,12 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
     )
     if max_concurrency <= 0:
         raise QuickdraftError(f"--max-concurrency must be positive, got {max_concurrency}")
-    engine = load(model, dtype=dtype, threads=threads)
+    from .backends import choose_backend
+
+    if max_concurrency > 1 and choose_backend(model, backend, dtype=dtype) == "llamacpp":
+        raise QuickdraftError("--max-concurrency above 1 needs --backend transformers: a llama.cpp context holds "
+                              "one generation's cache")
+    engine = load(model, dtype=dtype, threads=threads, backend=backend)
     for name in config.methods:  # bad options fail now
         engine.drafter(name, config.options_for(name))
     click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
@@ -398,7 +427,7 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
               help="longest answer generated per training prompt")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch CPU threads")
+@click.option("--threads", type=int, default=None, help="CPU threads (torch's or llama.cpp's)")
 @click.option("--token-input/--no-token-input", default=True, show_default=True,
               help="heads: also read the next (bonus) token's embedding")
 @click.option("--vocab", type=int, default=8192, show_default=True,

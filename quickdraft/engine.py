@@ -27,7 +27,7 @@ from .drafters import Draft, DraftContext, Drafter, StepOutcome, build_drafter, 
 from .errors import QuickdraftError
 from .models import TargetModel
 from .sampling import Draws, SamplingParams, target_probs
-from .tree import chain_parents
+from .tree import chain_parents, first_branch
 from .text import MAX_STOP_CHARS, IncrementalText
 from .verify import Verdict, verify_greedy, verify_sampling, verify_tree_greedy, verify_tree_positional, \
     verify_tree_sampling
@@ -341,6 +341,8 @@ def decode(
             DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1, params=params)
         )
         draft = fit_draft(draft, room - 1)
+        if not getattr(target, "verifies_trees", True):  # a backend whose tree rows are not exact here: the draft's best chain
+            draft = best_chain(draft)
         t1 = time.perf_counter()
 
         # 2. verify: one forward over the root and the drafted tokens
@@ -423,6 +425,17 @@ def fit_draft(draft: Draft, budget: int) -> Draft:
     )
 
 
+def best_chain(draft: Draft) -> Draft:
+    """A tree draft cut to its first branch (:func:`~quickdraft.tree.first_branch`); a chain as it is."""
+    if draft.is_chain:
+        return draft
+    assert draft.extra_embeds is None, "extra inputs go with a whole tree"
+    nodes = first_branch(draft.parents)
+    keep = [node - 1 for node in nodes]
+    return Draft(tokens=tuple(draft.tokens[i] for i in keep),
+                 draft_probs=None if draft.draft_probs is None else draft.draft_probs[keep])
+
+
 def _cut_at_eos(tokens: tuple[int, ...], eos_ids: frozenset[int]) -> tuple[int, ...]:
     for i, token in enumerate(tokens):
         if token in eos_ids:
@@ -474,21 +487,26 @@ def _encode_chat_as_text(tokenizer, messages: list[Message]) -> list[int]:
 
 
 def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: str = "cpu",
-         threads: int | None = None) -> Engine:
+         threads: int | None = None, backend: str = "auto") -> Engine:
     """Load a model and return an :class:`Engine` for it.
+
+    backend: ``auto`` (llama.cpp for a GGUF file or alias on the CPU when llama-cpp-python is
+    installed, else transformers), ``transformers`` or ``llamacpp`` (:mod:`quickdraft.backends`).
+    threads: CPU threads (torch's, or llama.cpp's).
 
     Example (loads a real model, so not a doctest)::
 
         engine = load("smollm2-135m-instruct")
         engine.generate("Hi!", method="pld", max_new_tokens=32).text
     """
-    from .models import load_model
+    from .backends import choose_backend, load_target
 
     if threads is not None:
         if threads <= 0:
             raise QuickdraftError(f"threads must be positive, got {threads}")
-        torch.set_num_threads(threads)
-    return Engine(load_model(model, dtype=dtype, device=device))
+        if choose_backend(model, backend, device=device, dtype=dtype) == "transformers":
+            torch.set_num_threads(threads)
+    return Engine(load_target(model, backend=backend, dtype=dtype, device=device, threads=threads))
 
 
-__all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "decode", "fit_draft", "load"]
+__all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "best_chain", "decode", "fit_draft", "load"]

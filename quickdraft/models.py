@@ -155,10 +155,57 @@ def check_gguf(path: Path) -> None:
         raise QuickdraftError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
-def _fingerprint(path: Path) -> str:
+def fingerprint(path: Path) -> str:
     st = path.stat()
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def gguf_tokenizer(gguf: Path):
+    """The Hugging Face tokenizer stored in a GGUF file's metadata (vocabulary, merges, chat template).
+
+    transformers builds it in several seconds, so it is saved once (a few MB, no weights) under
+    ``cache_dir() / "tokenizers"``, keyed as the converted models are; a converted model's own copy is
+    used when there is one."""
+    from transformers import AutoTokenizer
+
+    check_gguf(gguf)
+    key = f"{gguf.stem}-{fingerprint(gguf)}"
+    for folder in (cache_dir() / "models" / key, cache_dir() / "tokenizers" / key):
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # transformers raises many types for a file it cannot read
+        raise QuickdraftError(f"could not read the tokenizer of {gguf}: {type(exc).__name__}: {exc}") from exc
+    out = cache_dir() / "tokenizers" / key
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        tokenizer.save_pretrained(tmp)
+        if not out.exists():
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer
+
+
+def gguf_path(spec: str) -> Path | None:
+    """The GGUF file a model spec names (an alias or a ``.gguf`` file), or None for anything else."""
+    if spec in ALIASES:
+        return _alias_file(spec, ALIASES[spec])
+    path = Path(spec).expanduser()
+    if path.is_file():
+        check_gguf(path)
+        return path
+    if spec.endswith(".gguf"):
+        raise QuickdraftError(f"model path {spec} does not exist")
+    return None
+
+
+def is_gguf_spec(spec: str) -> bool:
+    """Whether a model spec names a GGUF file: an alias, or a path ending in ``.gguf`` (not checked here)."""
+    return spec in ALIASES or str(spec).lower().endswith(".gguf")
 
 
 def converted_dir(gguf: Path) -> Path:
@@ -167,7 +214,7 @@ def converted_dir(gguf: Path) -> Path:
     Processes converting the same file at once take turns (a lock per entry): one converts, the
     others find its result. Only earlier conversions of the very same file name are swept away."""
     check_gguf(gguf)
-    out = cache_dir() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
+    out = cache_dir() / "models" / f"{gguf.stem}-{fingerprint(gguf)}"
     if (out / "quickdraft.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -353,6 +400,10 @@ class TargetModel:
     transformers model classes accept as-is.
     """
 
+    backend = "transformers"
+    capabilities = frozenset({"logits", "hidden", "layers", "embeddings"})  # every drafter runs here
+    verifies_trees = True  # tree rows are exact (with a layout, in bfloat16): whole trees are verified
+
     def __init__(self, model, tokenizer, *, name: str) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -368,6 +419,21 @@ class TargetModel:
         # With pad_single: the name of the LAYOUTS entry that makes every row of a pass equal plain decoding's
         # on this machine, or None (rows in node order: no such promise). Set by quickdraft.exactness.
         self.layout: str | None = None
+
+    def draft_lm(self):
+        """This model as a :class:`~quickdraft.drafters.lm.DraftLM` (a draft model for another target)."""
+        from .drafters.lm import WholeModelLM
+
+        return WholeModelLM(self.model)
+
+    @property
+    def pass_weights(self) -> int:
+        """Weights one pass reads: decoder layers and LM head (the cost proxy of a draft model)."""
+        model = self.model
+        layers = model.model.layers if hasattr(model, "model") and hasattr(model.model, "layers") else None
+        if layers is None:
+            return sum(p.numel() for p in model.parameters())
+        return sum(p.numel() for p in layers.parameters()) + model.get_output_embeddings().weight.numel()
 
     @property
     def exact(self) -> bool:

@@ -214,8 +214,9 @@ def profile_key(target) -> ProfileKey:
     architecture = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return ProfileKey(
         model=str(target.name), architecture=architecture, dtype=str(target.dtype).replace("torch.", ""),
-        threads=torch.get_num_threads(), machine=machine_name(target.device), torch=torch.__version__,
-        kernels=cpu_kernels(target.device), layout=str(getattr(target, "layout", None) or ""),
+        threads=int(getattr(target, "threads", None) or torch.get_num_threads()), machine=machine_name(target.device),
+        torch=torch.__version__, kernels=str(getattr(target, "kernels", None) or cpu_kernels(target.device)),
+        layout=str(getattr(target, "layout", None) or ""),
     )
 
 
@@ -251,7 +252,7 @@ def _time_sizes(target, nodes: list[int], context: int, budget_s: float, max_rou
     """The fastest seconds of a verify pass of each size after ``context`` cached tokens."""
     prefix = [(7 + 13 * i) % vocab for i in range(context)]
     cache = target.new_cache()
-    target.forward(prefix, cache)
+    target.prefill(prefix, cache)
     base = len(cache)
 
     def one_pass(n: int) -> float:

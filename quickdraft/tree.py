@@ -15,6 +15,9 @@ Example tree (root r with children a, b; a has child c)::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 
 
@@ -255,3 +258,89 @@ class TokenTrie:
     def child(self, node: int, token: int) -> int | None:
         """The node for ``token`` under ``node``, if present."""
         return self._child.get((node, int(token)))
+
+
+@dataclass(frozen=True)
+class SequencePlan:
+    """A token tree as one llama.cpp batch: a row per node, each row in the KV-cache sequences of every leaf
+    below it (a node sees exactly its ancestors: the cells it shares a sequence with), as llama.cpp's own
+    tree speculation does.
+
+    order: the nodes in batch order, depth first with children in node order (the root first), so a
+        node's first child is the row right after it, and the first-child chain from the root (sequence
+        0's branch) is rows 0, 1, 2, ...
+    depth: each node's depth (its position is the root's position plus its depth), in node order.
+    seqs: each node's sequence ids, in node order: leaves are numbered 0, 1, ... in batch order.
+    leaves: the number of leaves (sequences used).
+    """
+
+    order: tuple[int, ...]
+    depth: tuple[int, ...]
+    seqs: tuple[tuple[int, ...], ...]
+    leaves: int
+
+    def contiguous(self, path: Sequence[int]) -> int:
+        """How many nodes of an accepted path (root excluded) sit in the rows right after the root, in
+        order: that part of the path keeps its cells in place; the rest must be computed again.
+
+        >>> plan_sequences([0, 0, 1])              # root -> 1, 2; 1 -> 3: rows root, 1, 3, 2
+        SequencePlan(order=(0, 1, 3, 2), depth=(0, 1, 1, 2), seqs=((0, 1), (0,), (1,), (0,)), leaves=2)
+        >>> plan_sequences([0, 0, 1]).contiguous([1, 3]), plan_sequences([0, 0, 1]).contiguous([2])
+        (2, 0)
+        """
+        row = {node: i for i, node in enumerate(self.order)}
+        count = 0
+        for i, node in enumerate(path, start=1):
+            if row[node] != i:
+                break
+            count += 1
+        return count
+
+
+def plan_sequences(parents: Sequence[int] | None, n: int | None = None) -> SequencePlan:
+    """The :class:`SequencePlan` of a tree (``parents``: one entry per node after the root; None: a chain
+    of ``n`` draft nodes).
+
+    >>> plan_sequences(None, 2)
+    SequencePlan(order=(0, 1, 2), depth=(0, 1, 2), seqs=((0,), (0,), (0,)), leaves=1)
+    >>> plan_sequences([0, 0, 0]).seqs          # three siblings: three sequences
+    ((0, 1, 2), (0,), (1,), (2,))
+    """
+    if parents is None:
+        parents = chain_parents(n or 0)
+    kids = children(parents)
+    order: list[int] = []
+    stack = [0]
+    while stack:  # depth first, children in node order
+        node = stack.pop()
+        order.append(node)
+        stack.extend(reversed(kids[node]))
+    leaf_seq: dict[int, int] = {}
+    for node in order:
+        if not kids[node]:
+            leaf_seq[node] = len(leaf_seq)
+    seqs: list[set[int]] = [set() for _ in kids]
+    for leaf, seq in leaf_seq.items():
+        node = leaf
+        while True:
+            seqs[node].add(seq)
+            if node == 0:
+                break
+            node = parents[node - 1]
+    return SequencePlan(order=tuple(order), depth=tuple(depths(parents)), seqs=tuple(tuple(sorted(s)) for s in seqs),
+                        leaves=len(leaf_seq))
+
+
+def first_branch(parents: Sequence[int]) -> list[int]:
+    """The nodes (root excluded) of the chain that follows each node's first child from the root: a
+    draft's best path when children are listed best first.
+
+    >>> first_branch([0, 0, 1, 2])      # root -> 1, 2; 1 -> 3; 2 -> 4
+    [1, 3]
+    """
+    kids = children(parents)
+    out, node = [], 0
+    while kids[node]:
+        node = kids[node][0]
+        out.append(node)
+    return out

@@ -49,6 +49,8 @@ import torch
 
 from ..drafters import get_method, methods as registered_methods
 from ..errors import QuickdraftError
+from .generation import Generation
+from .llama_peers import LLAMA_PEERS, LlamaPeer
 from .suites import BenchPrompt, Suite
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ PEERS: dict[str, str] = {
     "hf-pld": "transformers prompt lookup (prompt_lookup_num_tokens=10, max_matching_ngram_size=3)",
     "hf-assisted": "transformers assisted generation with --draft-model (transformers' default settings)",
 }
+PEERS.update(LLAMA_PEERS)  # llama-generate, llama-pld: beside the llama.cpp backend (bench/llama_peers.py)
 HF_PLD_TOKENS = 10  # the same draft length and n-gram size as our `pld`, so the two compare like for like
 HF_PLD_NGRAM = 3
 
@@ -264,20 +267,6 @@ def options_for(method: str, options: dict[str, dict[str, Any]]) -> dict[str, An
 # ------------------------------------------------------------------ backends
 
 
-@dataclass(frozen=True)
-class Generation:
-    """One answer and how it was produced. Fields a backend cannot know are None."""
-
-    token_ids: list[int]  # new tokens, EOS included when it ended the answer
-    wall_s: float
-    steps: int | None = None  # target forward passes that produced tokens
-    draft_s: float | None = None
-    verify_s: float | None = None
-    accepted_hist: dict[str, int] | None = None  # accepted draft tokens per step -> count
-    finish_reason: str = "length"
-    sources: dict[str, dict[str, int]] | None = None  # where drafts came from (auto), see Drafter.explain
-
-
 class Backend(Protocol):
     """A way to answer a conversation: one of our methods or a peer baseline."""
 
@@ -333,6 +322,8 @@ class HFPeer:
     def __init__(self, engine, name: str, *, assistant=None, assistant_tokenizer=None) -> None:
         if name not in PEERS:
             raise QuickdraftError(f"unknown peer baseline {name!r}; available: {', '.join(PEERS)}")
+        if getattr(engine.target, "backend", "transformers") != "transformers":
+            raise QuickdraftError(f"{name} runs beside the transformers backend (add --backend transformers)")
         self.engine, self.name, self.lossless = engine, name, True
         self.extra: dict[str, Any] = {}
         if name == "hf-pld":
@@ -447,7 +438,9 @@ def build_backends(engine, names: Sequence[str], *, options: dict[str, dict[str,
             assistant_tokenizer = draft.tokenizer
     backends: list[Backend] = []
     for name in names:
-        if name in PEERS:
+        if name in LLAMA_PEERS:
+            backends.append(LlamaPeer(engine, name))
+        elif name in PEERS:
             backends.append(HFPeer(engine, name, assistant=assistant, assistant_tokenizer=assistant_tokenizer))
         else:  # a variant's own options win over --option's
             method, variant = split_variant(name)
@@ -657,6 +650,7 @@ class BenchConfig:
     device: str = "cpu"
     threads: int | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    backend: str = "auto"  # what runs the model (quickdraft.backends)
     out: Path = Path("bench-results")
     resume: bool = False
     force: bool = False
@@ -726,7 +720,15 @@ def manifest_for(config: BenchConfig, suite: Suite, names: Sequence[str]) -> dic
     from .. import __version__
     from ..profile import cpu_kernels, machine_name
 
+    from ..backends import choose_backend
+
     versions = {"quickdraft": __version__, "torch": torch.__version__}
+    try:
+        import llama_cpp
+
+        versions["llama_cpp"] = llama_cpp.__version__
+    except ImportError:
+        pass
     try:
         import transformers
 
@@ -734,7 +736,9 @@ def manifest_for(config: BenchConfig, suite: Suite, names: Sequence[str]) -> dic
     except ImportError:  # pragma: no cover - a dependency
         pass
     return {
-        "model": config.model, "draft_model": config.draft_model, "dtype": config.dtype, "device": config.device,
+        "model": config.model, "backend": choose_backend(config.model, config.backend, device=config.device,
+                                                       dtype=config.dtype),
+        "draft_model": config.draft_model, "dtype": config.dtype, "device": config.device,
         "threads": config.threads, "suite": suite.name, "suite_fingerprint": suite.fingerprint(),
         "prompts": [p.id for p in suite.prompts], "methods": list(names), "options": _clean(config.options),
         **asdict(config.settings),
@@ -802,7 +806,8 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
     if engine is None:
         from ..engine import load
 
-        engine = load(config.model, dtype=config.dtype, device=config.device, threads=config.threads)
+        engine = load(config.model, dtype=config.dtype, device=config.device, threads=config.threads,
+                      backend=config.backend)
     if backends is None:
         backends = build_backends(engine, prepared.methods, options=config.options, draft_model=config.draft_model)
     # Every first turn must fit the model: fail before anything is measured or written.

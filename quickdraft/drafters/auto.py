@@ -615,8 +615,11 @@ def build(ctx: BuildContext) -> Drafter:
     names, explicit = source_names(options, str(getattr(ctx.target, "device", "cpu")))
     inputs = {k: options[k] for k in INPUTS if options.get(k) is not None}
     built = []
+    capabilities = getattr(ctx.target, "capabilities", None)
     for name in names:
         spec = SOURCES[name]
+        if not explicit and capabilities is not None and not get_method(name).runs_on(capabilities):
+            continue  # not on this backend (a source the user lists is built, and fails with the reason)
         sub = {**inputs, **spec.options, **({"nodes": max_nodes} if spec.sized else {})}
         tries = [sub]
         if not explicit and spec.needs == "adapter" and spec.shipped and "adapter" in sub:

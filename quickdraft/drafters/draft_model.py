@@ -19,8 +19,7 @@ import numpy as np
 
 from ..errors import QuickdraftError
 from .base import Drafter
-from .lm import WholeModelLM
-from .model_drafter import ModelDrafter, TreeShape, VocabMap, forward_cost
+from .model_drafter import ModelDrafter, TreeShape, VocabMap
 from .registry import BuildContext, register
 
 DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
@@ -122,21 +121,26 @@ def build_tree(ctx: BuildContext) -> Drafter:
 
 
 def build_draft(ctx: BuildContext, *, tree: bool) -> Drafter:
-    """A :class:`DraftModelDrafter` for the ``draft_model`` option (the target itself if it names the target)."""
-    from ..models import load_model
+    """A :class:`DraftModelDrafter` for the ``draft_model`` option, on the target's backend (the target
+    itself if it names the target)."""
+    from ..backends import load_target
 
     target = ctx.target
     spec = ctx.options.get("draft_model")
     if not spec:
         raise QuickdraftError("this method needs a draft model: --draft-model NAME (or options={'draft_model': ...})")
-    if spec == target.name:
-        model, tokenizer, name = target.model, target.tokenizer, target.name  # the target drafts for itself
+    backend = getattr(target, "backend", "transformers")
+    if tree and backend != "transformers":
+        raise QuickdraftError(f"draft-tree runs on the transformers backend; on {backend} use `draft` (draft chains)")
+    if spec == target.name and backend == "transformers":
+        draft = target  # the target drafts for itself
     else:
-        loaded = load_model(str(spec), dtype=DTYPE_NAMES.get(str(target.dtype), "float32"), device=str(target.device))
-        model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.name
-    lm = WholeModelLM(model)
+        draft = load_target(str(spec), backend=backend, dtype=DTYPE_NAMES.get(str(target.dtype), "auto"),
+                            device=str(target.device), threads=getattr(target, "threads", None))
+    lm = draft.draft_lm()
+    tokenizer, name = draft.tokenizer, draft.name
     vocab = vocab_map(target.tokenizer, tokenizer, target_vocab=target.vocab_size, draft_vocab=lm.vocab_size,
                       target_name=target.name, draft_name=name)
-    settings = {"cost": forward_cost(model) / forward_cost(target.model), **drafter_settings(ctx, tree=tree)}
+    settings = {"cost": draft.pass_weights / target.pass_weights, **drafter_settings(ctx, tree=tree)}
     fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     return DraftModelDrafter(lm, vocab=vocab, fallback_id=int(fallback), **settings)

@@ -360,6 +360,6 @@ def build_eagle(target, options: dict[str, Any]) -> EagleDrafter:
 
 
 @register("eagle", lossless=True,
-          description="EAGLE-style: one trained decoder layer drafts autoregressively on the target's hidden states")
+          needs=("hidden", "embeddings"), description="EAGLE-style: one trained decoder layer drafts autoregressively on the target's hidden states")
 def build(ctx: BuildContext) -> Drafter:
     return build_eagle(ctx.target, ctx.options)

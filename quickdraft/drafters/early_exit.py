@@ -33,7 +33,7 @@ def exit_candidates(total: int) -> list[int]:
 
 
 @register("early-exit", lossless=True,
-          description="self-speculation: draft from an early layer through the model's own norm and LM head")
+          needs=("layers",), description="self-speculation: draft from an early layer through the model's own norm and LM head")
 def build(ctx: BuildContext) -> Drafter:
     model = ctx.target.model
     check_self_spec_support(model)

@@ -152,6 +152,6 @@ def build_heads(target, options: dict[str, Any]) -> MedusaHeads:
 
 
 @register("heads", lossless=True,
-          description="Medusa-style heads: trained low-rank heads on the last hidden state guess the next tokens")
+          needs=("hidden", "layers"), description="Medusa-style heads: trained low-rank heads on the last hidden state guess the next tokens")
 def build(ctx: BuildContext) -> Drafter:
     return build_heads(ctx.target, ctx.options)

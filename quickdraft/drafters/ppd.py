@@ -144,6 +144,6 @@ def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:
 
 
 @register("ppd", lossless=True,
-          description="parallel prompt decoding: trained prompt tokens guess the next tokens inside the verify pass")
+          needs=("embeddings",), description="parallel prompt decoding: trained prompt tokens guess the next tokens inside the verify pass")
 def build(ctx: BuildContext) -> Drafter:
     return build_ppd(ctx.target, ctx.options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from ..backends import CAPABILITIES, check_capabilities
 from ..errors import QuickdraftError
 from .base import Drafter
 
@@ -72,6 +73,7 @@ def build_drafter(method: str, target: Any, options: Mapping[str, Any] | None = 
     datastore that only some methods read).
     """
     spec = get_method(method)
+    check_capabilities(spec.name, spec.needs, target)
     tracked = ReadOptions(options or {})
     drafter = spec.build(BuildContext(target=target, options=tracked))
     unused = sorted(k for k in strict if k not in tracked.read)
@@ -85,22 +87,34 @@ def build_drafter(method: str, target: Any, options: Mapping[str, Any] | None = 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method. needs: what it takes from the target's backend besides logits
+    (:data:`quickdraft.backends.CAPABILITIES`: ``hidden``, ``layers``, ``embeddings``)."""
+
     name: str
     lossless: bool
     description: str
     build: Callable[[BuildContext], Drafter]
+    needs: frozenset[str] = frozenset()
+
+    def runs_on(self, capabilities: Collection[str]) -> bool:
+        """Whether a backend with these capabilities can run it."""
+        return self.needs <= set(capabilities)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, lossless: bool, description: str) -> Callable:
-    """Decorator registering a drafter factory under ``name``."""
+def register(name: str, *, lossless: bool, description: str, needs: Collection[str] = ()) -> Callable:
+    """Decorator registering a drafter factory under ``name``; ``needs``: see :class:`MethodSpec`."""
+    unknown = set(needs) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"method {name!r} needs unknown capabilities {sorted(unknown)}")
 
     def wrap(build: Callable[[BuildContext], Drafter]) -> Callable[[BuildContext], Drafter]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name=name, lossless=lossless, description=description, build=build)
+        _REGISTRY[name] = MethodSpec(name=name, lossless=lossless, description=description, build=build,
+                                     needs=frozenset(needs))
         return build
 
     return wrap
@@ -153,5 +167,6 @@ def _combined(name: str) -> MethodSpec:
 
     return MethodSpec(
         name=name, lossless=all(spec.lossless for spec in parts), build=build,
+        needs=frozenset().union(*(spec.needs for spec in parts)),
         description="one tree merged from the drafts of " + ", ".join(names),
     )

@@ -44,7 +44,7 @@ def swift_candidates(total: int) -> list[tuple[int, ...]]:
 
 
 @register("swift", lossless=True,
-          description="self-speculation: the model drafts with some layers skipped, chosen by measured acceptance")
+          needs=("layers",), description="self-speculation: the model drafts with some layers skipped, chosen by measured acceptance")
 def build(ctx: BuildContext) -> Drafter:
     model = ctx.target.model
     check_self_spec_support(model)

@@ -8,25 +8,25 @@ import pytest
 import torch
 
 from quickdraft import QuickdraftError
-from quickdraft.models import ALIASES, _fingerprint, _pick_dtype, converted_dir, resolve
+from quickdraft.models import ALIASES, fingerprint, _pick_dtype, converted_dir, resolve
 
 
-def test_fingerprint_changes_when_the_file_changes(tmp_path):
+def testfingerprint_changes_when_the_file_changes(tmp_path):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 10)
-    before = _fingerprint(f)
-    assert _fingerprint(f) == before
+    before = fingerprint(f)
+    assert fingerprint(f) == before
     f.write_bytes(b"GGUF" + b"\0" * 11)
-    assert _fingerprint(f) != before
+    assert fingerprint(f) != before
     os.utime(f, ns=(1, 1))
-    assert _fingerprint(f) != before
+    assert fingerprint(f) != before
 
 
 def test_converted_dir_is_reused_and_keyed_by_the_source(tmp_path, monkeypatch):
     monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 10)
-    out = tmp_path / "cache" / "models" / f"m-{_fingerprint(f)}"
+    out = tmp_path / "cache" / "models" / f"m-{fingerprint(f)}"
     out.mkdir(parents=True)
     (out / "quickdraft.json").write_text("{}")
     assert converted_dir(f) == out  # reused, no conversion attempted

@@ -1,0 +1,532 @@
+"""The llama.cpp backend: a GGUF file run as shipped (no dequantization), through llama-cpp-python's
+low-level API.
+
+One verification pass is one ``llama_decode`` batch: a row per tree node, at position ``root + depth``,
+in the KV-cache sequences of every leaf below it (:func:`quickdraft.tree.plan_sequences`), so a node
+attends exactly to the committed tokens and its ancestors; logits come back for every node. The cache
+is one unified KV buffer (``kv_unified``): sequence 0 holds the committed tokens, and a pass's other
+sequences are dropped once the accepted path is known.
+
+Exactness. A row of a pass is computed as plain decoding computes it only when (1) the build's kernels
+give a row the same result whatever else is in its batch (llama-cpp-python built without the llamafile
+sgemm and without CPU weight repacking: ``make setup`` does; the default build is not so, measured in
+docs/llamacpp.md), and (2) attention adds the cached keys in the same order: the KV cells of the
+committed tokens must lie in position order, as plain decoding lays them. A chain keeps that by
+itself; of a tree's accepted path only the part that continues the pass's first cells (the first-child
+chain, rows 1, 2, ... in the batch's depth-first order) keeps its cells; the rest of the path is
+*pending*: committed, and computed again as the first rows of the next pass (no extra pass; those rows
+ask for no logits). :func:`check_rows` checks all of it on the loaded model, on this machine, and
+picks one-row plain passes (invariant build) or plain passes of two rows (other builds: exact, but a
+plain step costs what a two-row pass costs), or reports that neither is exact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import QuickdraftError
+from ..tree import SequencePlan, plan_sequences
+
+log = logging.getLogger(__name__)
+
+CHECK_VERSION = 1
+DEFAULT_CONTEXT = 8192  # tokens of context (KV cells) unless the model was trained on fewer
+MAX_LEAVES = 128  # sequences a pass may use: leaves of the widest tree verified at once
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (importable)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except ImportError as exc:  # a broken build, say
+        raise QuickdraftError(
+            f"the llama.cpp backend needs llama-cpp-python ({exc}); `make setup` builds it, or "
+            "pip install llama-cpp-python"
+        ) from exc
+    return llama_cpp
+
+
+class _Log:
+    """llama.cpp's log lines, kept (the last few) instead of printed: an error names what llama.cpp said."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=20)
+        self.callback = None
+
+    def install(self, lib) -> None:
+        if self.callback is None:
+            def record(level, text, _user):
+                line = (text or b"").decode("utf-8", "replace").strip()
+                if line:
+                    self.lines.append(line)
+            self.callback = lib.llama_log_callback(record)  # kept alive here: llama.cpp holds the pointer
+            lib.llama_log_set(self.callback, ctypes.c_void_p(0))
+            lib.llama_backend_init()
+
+    def errors(self) -> str:
+        picked = [line for line in self.lines if "error" in line.lower() or "unknown" in line.lower()]
+        return (picked or list(self.lines) or ["no reason given"])[-1]
+
+
+_LOG = _Log()  # one per process: llama.cpp's logger is process-wide
+
+
+class LlamaContext:
+    """A loaded GGUF model and one llama.cpp context over it (its KV cache, a batch buffer)."""
+
+    def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
+                 n_batch: int = 512, max_leaves: int = MAX_LEAVES, flash_attn: bool = False) -> None:
+        lib = self.lib = _lib()
+        _LOG.install(lib)
+        _LOG.lines.clear()
+        params = lib.llama_model_default_params()
+        self.model = lib.llama_model_load_from_file(str(path).encode(), params)
+        if not self.model:
+            raise QuickdraftError(f"llama.cpp could not load {path}: {_LOG.errors()}")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        trained = int(lib.llama_model_n_ctx_train(self.model)) or DEFAULT_CONTEXT
+        self.threads = int(threads or os.cpu_count() or 1)
+        cp = lib.llama_context_default_params()
+        cp.n_ctx = int(n_ctx or min(trained, DEFAULT_CONTEXT))
+        cp.n_batch = cp.n_ubatch = int(n_batch)
+        cp.n_seq_max = int(max_leaves)
+        cp.kv_unified = True  # one KV buffer: a tree's shared prefix is in every sequence without copies
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.no_perf = True
+        self.ctx = lib.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            lib.llama_model_free(self.model)
+            raise QuickdraftError(f"llama.cpp could not create a context for {path}: {_LOG.errors()}")
+        self.n_ctx = int(lib.llama_n_ctx(self.ctx))
+        self.n_batch = int(n_batch)
+        self.max_leaves = int(max_leaves)
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.n_batch, 0, self.max_leaves)
+        self.lock = threading.Lock()  # one pass at a time on this context
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[Sequence[int]],
+               outputs: Sequence[bool]) -> np.ndarray:
+        """One pass (split into ``n_batch`` chunks when longer): logits [rows with outputs, V] float32."""
+        lib, batch = self.lib, self.batch
+        out: list[np.ndarray] = []
+        with self.lock:
+            for start in range(0, len(tokens), self.n_batch):
+                end = min(start + self.n_batch, len(tokens))
+                batch.n_tokens = end - start
+                for row in range(start, end):
+                    i = row - start
+                    batch.token[i] = int(tokens[row])
+                    batch.pos[i] = int(positions[row])
+                    batch.n_seq_id[i] = len(seqs[row])
+                    for j, seq in enumerate(seqs[row]):
+                        batch.seq_id[i][j] = seq
+                    batch.logits[i] = bool(outputs[row])
+                code = lib.llama_decode(self.ctx, batch)
+                if code != 0:
+                    raise QuickdraftError(f"llama.cpp could not decode a pass of {end - start} tokens "
+                                          f"(code {code}: {_LOG.errors()})")
+                wanted = sum(bool(o) for o in outputs[start:end])
+                if wanted:
+                    view = np.ctypeslib.as_array(lib.llama_get_logits(self.ctx), shape=(wanted * self.n_vocab,))
+                    out.append(view.reshape(wanted, self.n_vocab).copy())
+        if not out:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        if not self.lib.llama_memory_seq_rm(self.memory, seq, p0, p1):
+            raise QuickdraftError(f"llama.cpp could not drop positions {p0}..{p1} of sequence {seq}")
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        self.lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    def clear(self) -> None:
+        self.lib.llama_memory_clear(self.memory, True)
+
+    def close(self) -> None:
+        lib = self.lib
+        if getattr(self, "ctx", None):
+            lib.llama_batch_free(self.batch)
+            lib.llama_free(self.ctx)
+            lib.llama_model_free(self.model)
+            self.ctx = self.model = None
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class LlamaKV:
+    """The target's cache on llama.cpp: sequence 0 of the context's KV cells, and pending tokens.
+
+    ``len(cache)`` counts the committed tokens: ``cells`` of them in KV cells (at cells 0 .. cells - 1,
+    in position order) and ``pending`` ones that the next pass computes first. Invariant, as for
+    :class:`~quickdraft.cache.KVCache`: the cells hold exactly what a fresh prefill would give.
+    """
+
+    def __init__(self, context: LlamaContext, epoch: int) -> None:
+        self.context = context
+        self.epoch = epoch
+        self.cells = 0
+        self.pending: list[int] = []
+        self.last: tuple[SequencePlan, list[int], int] | None = None  # the last pass: plan, tokens, root position
+
+    def __len__(self) -> int:
+        if self.last is not None:
+            plan, tokens, root = self.last
+            return root + len(tokens)
+        return self.cells + len(self.pending)
+
+    def _drop_pass(self, keep: int) -> None:
+        """Keep the root and the first ``keep - 1`` rows of the last pass (its first-child chain); drop the rest."""
+        assert self.last is not None
+        plan, _, root = self.last
+        for seq in range(1, plan.leaves):
+            self.context.seq_rm(seq, -1, -1)
+        self.context.seq_rm(0, root + keep, -1)
+        self.cells = root + keep
+        self.last = None
+
+    def keep(self, start: int, offsets: list[int]) -> None:
+        """After a pass: keep ``start`` committed tokens plus the pass's nodes ``offsets`` (the root, then
+        the accepted path, increasing). The part of the path in the pass's first rows keeps its cells;
+        the rest becomes pending."""
+        assert self.last is not None, "keep() follows a forward pass"
+        plan, tokens, root = self.last
+        assert start == root and offsets and offsets[0] == 0, "keep the root and a path below it"
+        assert all(a < b for a, b in zip(offsets, offsets[1:])), "offsets must increase"
+        path = offsets[1:]
+        kept = plan.contiguous(path)
+        self._drop_pass(1 + kept)
+        self.pending = [tokens[node] for node in path[kept:]]
+
+    def truncate(self, length: int) -> None:
+        """Drop every entry at position >= length (into a pass: only a chain pass, or all of it)."""
+        current = len(self)
+        if not 0 <= length <= current:
+            raise ValueError(f"cannot truncate a cache of length {current} to {length}")
+        if self.last is not None:
+            plan, _, root = self.last
+            if length <= root:
+                self._drop_pass(0)
+            elif plan.order == tuple(range(len(plan.order))):  # a chain: its first entries
+                self._drop_pass(length - root)
+                return
+            else:
+                raise QuickdraftError("a tree pass's entries are kept with keep(), not truncate()")
+        if length >= self.cells:
+            del self.pending[length - self.cells:]
+            return
+        self.context.seq_rm(0, length, -1)
+        self.cells = length
+        self.pending = []
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """Rows of verification passes compared with plain decoding, bit for bit (``pad_single``: plain passes
+    of two rows). rows/differ: chains, and chains after a kept tree path (what exactness needs);
+    tree_rows/tree_differ: the nodes of whole trees (whether trees can be verified at once)."""
+
+    pad_single: bool
+    rows: int
+    differ: int
+    tree_rows: int = 0
+    tree_differ: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.rows > 0 and self.differ == 0
+
+    @property
+    def trees(self) -> bool:
+        return self.exact and self.tree_rows > 0 and self.tree_differ == 0
+
+
+class LlamaCppTarget:
+    """A GGUF model on llama.cpp, with the interface the engine drives (as :class:`~quickdraft.models.TargetModel`).
+
+    capabilities: logits only; methods that need the model's hidden states, layers or input embeddings
+    run on the transformers backend (the registry says so before building them).
+    """
+
+    backend = "llamacpp"
+    capabilities = frozenset({"logits"})
+    layout = None  # no tree layout: rows are made invariant by the build (see the module's docstring)
+
+    def __init__(self, context: LlamaContext, tokenizer, *, name: str, path: Path) -> None:
+        self.context = context
+        self.tokenizer = tokenizer
+        self.tokenizer_lock = threading.Lock()
+        self.name = name
+        self.path = path
+        lib = context.lib
+        self.vocab_size = context.n_vocab
+        self.max_context = context.n_ctx
+        eog = {i for i in range(context.n_vocab) if lib.llama_vocab_is_eog(context.vocab, i)}
+        if getattr(tokenizer, "eos_token_id", None) is not None:
+            eog.add(int(tokenizer.eos_token_id))
+        self.eos_ids = frozenset(eog)
+        desc = ctypes.create_string_buffer(256)
+        lib.llama_model_desc(context.model, desc, len(desc))
+        self.description = desc.value.decode("utf-8", "replace")
+        self.dtype = "gguf-" + (self.description.split()[-1] if self.description else "unknown")
+        self.device = torch.device("cpu")
+        self.threads = context.threads
+        self.kernels = lib.llama_print_system_info().decode("utf-8", "replace").strip()
+        self.config = SimpleNamespace(
+            model_type=context.meta("general.architecture"), hidden_size=int(lib.llama_model_n_embd(context.model)),
+            num_hidden_layers=int(lib.llama_model_n_layer(context.model)),
+            num_attention_heads=int(lib.llama_model_n_head(context.model)),
+            num_key_value_heads=int(lib.llama_model_n_head_kv(context.model)), vocab_size=context.n_vocab,
+        )
+        self.n_params = int(lib.llama_model_n_params(context.model))
+        self.pad_single = False  # plain passes of two rows: set by check_rows where one-row passes differ
+        # Whole trees verified in one pass only where their rows are exact here (select_rows); else the engine
+        # verifies a draft's best chain: attention adds the cached values in SIMD lanes by KV cell, and a
+        # branch's nodes sit in cells plain decoding gives other positions (docs/llamacpp.md).
+        self.verifies_trees = False
+        self.check: RowCheck | None = None
+        self._epoch = 0
+
+    @property
+    def exact(self) -> bool:
+        """Whether greedy output is promised equal to plain greedy decoding on this backend (checked here)."""
+        return self.check is not None and self.check.exact
+
+    # ---------------------------------------------------------------- the cache
+
+    def new_cache(self) -> LlamaKV:
+        """An empty cache. The context has one KV buffer: a new cache replaces the previous one."""
+        self.context.clear()
+        self._epoch += 1
+        return LlamaKV(self.context, self._epoch)
+
+    def _check_cache(self, cache: LlamaKV) -> None:
+        if not isinstance(cache, LlamaKV) or cache.context is not self.context or cache.epoch != self._epoch:
+            raise QuickdraftError("this llama.cpp cache was replaced by a newer one (one generation at a time)")
+
+    # ---------------------------------------------------------------- passes
+
+    def prefill(self, tokens: list[int], cache: LlamaKV, *, hidden: bool = False) -> None:
+        """Append ``tokens`` to the cache (no logits)."""
+        if hidden:
+            raise QuickdraftError("the llama.cpp backend does not expose hidden states (use --backend transformers)")
+        if not tokens:
+            return None
+        self._check_cache(cache)
+        if cache.last is not None:
+            cache.truncate(len(cache))
+        self._run(list(tokens), cache, plan_sequences(None, len(tokens) - 1), outputs=False)
+        cache.keep(cache.last[2], list(range(len(tokens))))
+        return None
+
+    def forward(self, tokens: list[int], cache: LlamaKV, parents: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Logits [n, V] float32 of ``tokens`` (a chain, or a tree by ``parents``) appended to the cache."""
+        return self.forward_full(tokens, cache, parents).logits
+
+    def forward_full(self, tokens: list[int], cache: LlamaKV, parents: tuple[int, ...] | None = None, *,
+                     extra_embeds=None, extra_parents=None, hidden: bool = False):
+        """As :meth:`quickdraft.models.TargetModel.forward_full`, without extra embeddings or hidden states."""
+        from ..models import ForwardOutput
+
+        if extra_embeds is not None or hidden:
+            raise QuickdraftError("the llama.cpp backend runs on tokens and returns logits only: no input "
+                                  "embeddings, no hidden states (use --backend transformers)")
+        self._check_cache(cache)
+        if cache.last is not None:  # a pass nobody kept: as the transformers cache, its entries stay a chain
+            raise QuickdraftError("keep() or truncate() the previous pass first")
+        plan = plan_sequences(parents, len(tokens) - 1)
+        logits = self._run(list(tokens), cache, plan, outputs=True)
+        if plan.order != tuple(range(len(tokens))):
+            row = np.empty(len(tokens), dtype=np.int64)
+            row[list(plan.order)] = np.arange(len(tokens))
+            logits = logits[row]  # batch order -> node order
+        return ForwardOutput(logits=torch.from_numpy(logits))
+
+    def _run(self, tokens: list[int], cache: LlamaKV, plan: SequencePlan, *, outputs: bool) -> np.ndarray:
+        if plan.leaves > self.context.max_leaves:
+            raise QuickdraftError(f"a tree with {plan.leaves} leaves; llama.cpp passes hold {self.context.max_leaves}")
+        pending = cache.pending
+        root = cache.cells + len(pending)
+        if root + len(tokens) > self.max_context:
+            raise QuickdraftError(f"the context holds {self.max_context} tokens")
+        every = tuple(range(plan.leaves))
+        ids = list(pending) + [tokens[node] for node in plan.order]
+        positions = list(range(cache.cells, root)) + [root + plan.depth[node] for node in plan.order]
+        seqs: list[Sequence[int]] = [every] * len(pending) + [plan.seqs[node] for node in plan.order]
+        wanted = [False] * len(pending) + [outputs] * len(tokens)
+        padded = self.pad_single and len(ids) == 1
+        if padded:  # a second row, in a sequence of its own that sees the same cells; dropped after
+            ids, positions, seqs, wanted = ids * 2, positions * 2, [(0,), (1,)], wanted + [False]
+            self.context.seq_cp(0, 1)
+        for seq in range(1, plan.leaves):
+            self.context.seq_cp(0, seq)  # the committed cells, seen by every branch
+        try:
+            logits = self.context.decode(ids, positions, seqs, wanted)
+        except BaseException:
+            for seq in range(1, max(plan.leaves, 2)):
+                self.context.seq_rm(seq, -1, -1)
+            self.context.seq_rm(0, cache.cells, -1)
+            cache.pending = []  # the cache no longer holds what it committed: the generation cannot go on
+            cache.epoch = -1
+            raise
+        if padded:
+            self.context.seq_rm(1, -1, -1)
+        cache.cells = root
+        cache.pending = []
+        cache.last = (plan, tokens, root)
+        return logits
+
+    # ---------------------------------------------------------------- drafting with this model
+
+    def draft_lm(self):
+        """A :class:`~quickdraft.drafters.lm.DraftLM` over this model's file, in a context of its own."""
+        from .llamacpp_lm import LlamaCppLM
+
+        return LlamaCppLM(LlamaContext(self.path, n_ctx=self.max_context, threads=self.threads, max_leaves=1))
+
+    @property
+    def pass_weights(self) -> int:
+        """Weights one pass reads (the cost proxy of a draft model against its target)."""
+        return self.n_params
+
+
+def check_rows(target: LlamaCppTarget, *, seed: int = 0) -> RowCheck:
+    """Verify chains and trees on ``target`` (as it is set: ``pad_single``) and compare every node's logits
+    with plain decoding's (one-token passes after its ancestors), bit for bit; also a tree path kept off
+    the pass's first branch (pending tokens, computed again) and the chain verified after it."""
+    from ..exactness import plain_logits
+
+    rng = random.Random(seed)
+    vocab = int(target.vocab_size)
+    counts = {"rows": 0, "differ": 0, "tree_rows": 0, "tree_differ": 0}
+
+    def compare(verified, plain, kind: str) -> None:
+        counts[f"{kind}rows"] += len(plain)
+        counts[f"{kind}differ"] += sum(not torch.equal(v, p) for v, p in zip(verified, plain))
+
+    for length in (37, 70, 300):
+        prefix = [rng.randrange(vocab) for _ in range(length)]
+        cache = target.new_cache()
+        target.prefill(prefix, cache)
+        base = len(cache)
+        n = rng.randint(12, 18)
+        drafts = [tuple(range(rng.randint(5, 9))), (0,), tuple(rng.randint(max(0, i - 3), i) for i in range(n - 1))]
+        for parents in drafts:
+            tokens = [rng.randrange(vocab) for _ in range(len(parents) + 1)]
+            chain = parents == tuple(range(len(parents)))
+            verified = target.forward(tokens, cache, None if chain else parents)
+            cache.keep(base, [0])
+            cache.truncate(base)
+            compare(verified, plain_logits(target, prefix, tokens, parents, cache), "" if chain else "tree_")
+        tokens = [rng.randrange(vocab) for _ in range(4)]
+        target.forward(tokens, cache, (0, 0, 2))  # root -> 1, 2; 2 -> 3: the path 2, 3 is not the first branch
+        cache.keep(base, [0, 2, 3])
+        after = [rng.randrange(vocab) for _ in range(5)]
+        verified = target.forward(after, cache)
+        cache.keep(len(cache) - len(after), [0])
+        cache.truncate(base)
+        plain = plain_logits(target, prefix, [tokens[0], tokens[2], tokens[3], *after], tuple(range(7)), cache)
+        compare(verified, plain[3:], "")
+    return RowCheck(pad_single=target.pad_single, **counts)
+
+
+def _check_path(target: LlamaCppTarget) -> Path:
+    from ..profile import profiles_dir
+
+    key = _check_key(target)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return profiles_dir() / f"llamacpp-rows-{target.path.stem[:60]}-t{target.threads}-{digest}.json"
+
+
+def _check_key(target: LlamaCppTarget) -> dict:
+    from ..models import fingerprint
+    from ..profile import machine_name
+
+    lib = target.context.lib
+    return {"version": CHECK_VERSION, "file": fingerprint(target.path), "llama_cpp": getattr(lib, "__version__", "?"),
+            "kernels": target.kernels, "threads": target.threads, "machine": machine_name("cpu")}
+
+
+def select_rows(target: LlamaCppTarget, *, refresh: bool = False) -> None:
+    """Set ``target.pad_single`` and ``target.check`` from the checks on this machine (cached per file,
+    build, threads and CPU): one-row plain passes when they are exact, else two-row ones, else not exact."""
+    path = _check_path(target)
+    key = _check_key(target)
+    if path.is_file() and not refresh:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                target.check = RowCheck(**data["chosen"])
+                target.pad_single = target.check.pad_single
+                target.verifies_trees = target.check.trees
+                return
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable llama.cpp row check %s: %s", path, exc)
+    checks = []
+    for pad in (False, True):
+        target.pad_single = pad
+        log.info("checking that llama.cpp verifies rows as plain decoding computes them (once per machine)")
+        checks.append(check_rows(target))
+        if checks[-1].exact:
+            break
+    target.check = next((c for c in checks if c.exact), checks[0])
+    target.pad_single = target.check.pad_single
+    target.verifies_trees = target.check.trees
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
+        json.dump({"key": key, "chosen": asdict(target.check), "checks": [asdict(c) for c in checks]}, out, indent=1)
+    os.replace(out.name, path)
+
+
+NOT_EXACT = ("exactness is not guaranteed with this llama.cpp build on this CPU: rows of a verification pass differ "
+             "from plain decoding's, so output can differ from plain decoding at near-ties (build llama-cpp-python "
+             "with CMAKE_ARGS=\"-DGGML_LLAMAFILE=OFF -DGGML_CPU_REPACK=OFF\": `make setup` does)")
+PADDED = ("this llama.cpp build computes one-row passes differently from passes of several rows: plain steps run "
+          "as two-row passes to stay exact (slower; `make setup` builds llama-cpp-python without the llamafile "
+          "sgemm and CPU repacking, where one row suffices)")
+
+
+def load(path: Path, *, name: str, threads: int | None = None, n_ctx: int | None = None) -> LlamaCppTarget:
+    """A :class:`LlamaCppTarget` for a GGUF file, its rows checked on this machine."""
+    from ..models import gguf_tokenizer
+
+    context = LlamaContext(path, n_ctx=n_ctx, threads=threads)
+    target = LlamaCppTarget(context, gguf_tokenizer(path), name=name, path=path)
+    select_rows(target)
+    if not target.exact:
+        log.warning(NOT_EXACT)
+    elif target.pad_single:
+        log.warning(PADDED)
+    return target
