@@ -340,9 +340,13 @@ def decode(
         draft = drafter.propose(
             DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1, params=params)
         )
-        draft = fit_draft(draft, room - 1)
+        limit = getattr(target, "max_draft", None)  # rows a pass may have and stay exact on this backend
+        draft = fit_draft(draft, room - 1 if limit is None else min(room - 1, limit))
         if not getattr(target, "verifies_trees", True):  # a backend whose tree rows are not exact here: the draft's best chain
             draft = best_chain(draft)
+        if limit is not None and len(draft) > limit:  # a tree's first nodes (drafters list them best first)
+            draft = Draft(tokens=draft.tokens[:limit], parents=None if draft.parents is None else draft.parents[:limit],
+                          draft_probs=None if draft.draft_probs is None else draft.draft_probs[:limit])
         t1 = time.perf_counter()
 
         # 2. verify: one forward over the root and the drafted tokens

@@ -138,6 +138,25 @@ def path_scores(parents: Sequence[int], conditional: Sequence[float]) -> list[fl
     return scores[1:]
 
 
+def best_path_scores(parents: Sequence[int], scores: Sequence[float]) -> list[float]:
+    """``scores`` kept on one path only, the one that follows each node's best-scored child from the root
+    (0 elsewhere): the choice for a target that verifies chains (a tree's other branches cannot be
+    verified in the same pass there).
+
+    >>> best_path_scores((0, 0, 1, 2), [0.3, 0.6, 0.2, 0.5])
+    [0.0, 0.6, 0.0, 0.5]
+    """
+    kids: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for i, p in enumerate(parents, start=1):
+        kids[p].append(i)
+    out = [0.0] * len(parents)
+    node = 0
+    while kids[node]:
+        node = max(kids[node], key=lambda k: (scores[k - 1], -k))
+        out[node - 1] = float(scores[node - 1])
+    return out
+
+
 @dataclass(frozen=True)
 class Choice:
     """What to verify: ``nodes`` (1-based, in node order, a tree) and the expected rates.

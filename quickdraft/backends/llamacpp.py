@@ -44,7 +44,7 @@ from ..tree import SequencePlan, plan_sequences
 
 log = logging.getLogger(__name__)
 
-CHECK_VERSION = 1
+CHECK_VERSION = 3  # 2: the row limit; 3: three trees per prefix
 DEFAULT_CONTEXT = 8192  # tokens of context (KV cells) unless the model was trained on fewer
 MAX_LEAVES = 128  # sequences a pass may use: leaves of the widest tree verified at once
 
@@ -263,10 +263,11 @@ class RowCheck:
     differ: int
     tree_rows: int = 0
     tree_differ: int = 0
+    max_rows: int = 0  # the most rows a pass may have and stay exact (row_limit); 0: not found
 
     @property
     def exact(self) -> bool:
-        return self.rows > 0 and self.differ == 0
+        return self.rows > 0 and self.differ == 0 and self.max_rows >= 2
 
     @property
     def trees(self) -> bool:
@@ -316,6 +317,7 @@ class LlamaCppTarget:
         # verifies a draft's best chain: attention adds the cached values in SIMD lanes by KV cell, and a
         # branch's nodes sit in cells plain decoding gives other positions (docs/llamacpp.md).
         self.verifies_trees = False
+        self.max_draft: int | None = None  # draft tokens a pass may verify exactly (the row limit less the root)
         self.check: RowCheck | None = None
         self._epoch = 0
 
@@ -377,6 +379,12 @@ class LlamaCppTarget:
     def _run(self, tokens: list[int], cache: LlamaKV, plan: SequencePlan, *, outputs: bool) -> np.ndarray:
         if plan.leaves > self.context.max_leaves:
             raise QuickdraftError(f"a tree with {plan.leaves} leaves; llama.cpp passes hold {self.context.max_leaves}")
+        if cache.pending and self.max_draft is not None and len(cache.pending) + len(tokens) > self.max_draft + 1:
+            pending = list(cache.pending)  # too many rows for one exact pass: the pending tokens first, alone
+            cache.pending = []
+            self.context.decode(pending, range(cache.cells, cache.cells + len(pending)), [(0,)] * len(pending),
+                                [False] * len(pending))
+            cache.cells += len(pending)
         pending = cache.pending
         root = cache.cells + len(pending)
         if root + len(tokens) > self.max_context:
@@ -422,7 +430,36 @@ class LlamaCppTarget:
         return self.n_params
 
 
-def check_rows(target: LlamaCppTarget, *, seed: int = 0) -> RowCheck:
+ROW_SIZES = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # pass sizes tried for the row limit
+
+
+def row_limit(target: LlamaCppTarget, *, seed: int = 0) -> int:
+    """The most rows a verification pass may have with every row equal to plain decoding's (0: not even two).
+
+    Some quantization types take other kernels from some row count on (measured: Q4_K_M/Q6_K files
+    differ from 8 rows up on an AVX-512 EPYC; Q4_1 is exact to 32 rows and beyond)."""
+    from ..exactness import plain_logits
+
+    rng = random.Random(seed)
+    vocab = int(target.vocab_size)
+    prefix = [rng.randrange(vocab) for _ in range(100)]
+    tokens = [rng.randrange(vocab) for _ in range(ROW_SIZES[-1])]
+    cache = target.new_cache()
+    target.prefill(prefix, cache)
+    base = len(cache)
+    plain = plain_logits(target, prefix, tokens, tuple(range(len(tokens) - 1)), cache)
+    limit = 0
+    for rows in ROW_SIZES:
+        verified = target.forward(tokens[:rows], cache)
+        cache.keep(base, [0])
+        cache.truncate(base)
+        if any(not torch.equal(verified[i], plain[i]) for i in range(rows)):
+            break
+        limit = rows
+    return limit
+
+
+def check_rows(target: LlamaCppTarget, *, seed: int = 0, max_rows: int = ROW_SIZES[-1]) -> RowCheck:
     """Verify chains and trees on ``target`` (as it is set: ``pad_single``) and compare every node's logits
     with plain decoding's (one-token passes after its ancestors), bit for bit; also a tree path kept off
     the pass's first branch (pending tokens, computed again) and the chain verified after it."""
@@ -441,8 +478,10 @@ def check_rows(target: LlamaCppTarget, *, seed: int = 0) -> RowCheck:
         cache = target.new_cache()
         target.prefill(prefix, cache)
         base = len(cache)
-        n = rng.randint(12, 18)
-        drafts = [tuple(range(rng.randint(5, 9))), (0,), tuple(rng.randint(max(0, i - 3), i) for i in range(n - 1))]
+        drafts = [tuple(range(min(rng.randint(5, 9), max_rows - 1))), (0,)]
+        for _ in range(3):  # trees: enough nodes off the first branch to see a difference where there is one
+            n = min(rng.randint(12, 18), max_rows)
+            drafts.append(tuple(rng.randint(max(0, i - 3), i) for i in range(n - 1)))
         for parents in drafts:
             tokens = [rng.randrange(vocab) for _ in range(len(parents) + 1)]
             chain = parents == tuple(range(len(parents)))
@@ -459,7 +498,7 @@ def check_rows(target: LlamaCppTarget, *, seed: int = 0) -> RowCheck:
         cache.truncate(base)
         plain = plain_logits(target, prefix, [tokens[0], tokens[2], tokens[3], *after], tuple(range(7)), cache)
         compare(verified, plain[3:], "")
-    return RowCheck(pad_single=target.pad_single, **counts)
+    return RowCheck(pad_single=target.pad_single, max_rows=max_rows, **counts)
 
 
 def _check_path(target: LlamaCppTarget) -> Path:
@@ -491,6 +530,7 @@ def select_rows(target: LlamaCppTarget, *, refresh: bool = False) -> None:
                 target.check = RowCheck(**data["chosen"])
                 target.pad_single = target.check.pad_single
                 target.verifies_trees = target.check.trees
+                target.max_draft = max(target.check.max_rows - 1, 1)
                 return
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable llama.cpp row check %s: %s", path, exc)
@@ -498,12 +538,14 @@ def select_rows(target: LlamaCppTarget, *, refresh: bool = False) -> None:
     for pad in (False, True):
         target.pad_single = pad
         log.info("checking that llama.cpp verifies rows as plain decoding computes them (once per machine)")
-        checks.append(check_rows(target))
+        limit = row_limit(target)
+        checks.append(check_rows(target, max_rows=limit) if limit >= 2 else RowCheck(pad, 0, 0, max_rows=limit))
         if checks[-1].exact:
             break
     target.check = next((c for c in checks if c.exact), checks[0])
     target.pad_single = target.check.pad_single
     target.verifies_trees = target.check.trees
+    target.max_draft = max(target.check.max_rows - 1, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
         json.dump({"key": key, "chosen": asdict(target.check), "checks": [asdict(c) for c in checks]}, out, indent=1)

@@ -68,7 +68,7 @@ import torch
 
 from ..errors import QuickdraftError
 from ..selection import (
-    BUCKETS, AcceptanceStats, Choice, LatencyModel, best_size, match_bucket, match_length, node_features, path_scores,
+    BUCKETS, AcceptanceStats, Choice, LatencyModel, best_path_scores, best_size, match_bucket, match_length, node_features, path_scores,
     plausible, resolve,
 )
 from ..tree import children
@@ -274,7 +274,8 @@ class Auto(Drafter):
 
     def __init__(self, sources: Sequence[tuple[SourceSpec, Drafter]], latency: LatencyModel, *, max_nodes: int = 32,
                  margin: float = 0.0, probe_share: float = 0.02, stats: AcceptanceStats | None = None,
-                 max_pending: int = 256, clock: Callable[[], float] = time.perf_counter) -> None:
+                 max_pending: int = 256, clock: Callable[[], float] = time.perf_counter,
+                 chains: bool = False) -> None:
         if not sources:
             raise ValueError("auto needs at least one source")
         if max_nodes < 1 or margin < 0 or not 0 <= probe_share <= 1:
@@ -283,6 +284,7 @@ class Auto(Drafter):
         self.latency = latency
         self.max_nodes = min(max_nodes, latency.max_nodes)
         self.margin, self.probe_share = margin, probe_share
+        self.chains = chains  # the target verifies chains only (a tree's best path): choose among paths
         self.stats = stats or AcceptanceStats(len(self.sources), BUCKETS)
         self.trust = Trust(BUCKETS)
         self._signal = any(src.spec.signal for src in self.sources)
@@ -373,7 +375,8 @@ class Auto(Drafter):
         if asked:
             asked.sort(key=lambda entry: -entry.source.gain_at(bucket))
             merged, maps = merge_drafts([entry.draft for entry in asked], sum(len(entry.draft) for entry in asked))
-            choice = self._choose(asked, merged, maps, latency, cap=cap, bucket=bucket, wasted=wasted)
+            choice = self._choose(asked, merged, maps, latency, cap=cap, bucket=bucket, wasted=wasted,
+                                  chains=self.chains)
             if choice.nodes and choice.gain * self.trust.factor(bucket) > 1.0 + self.margin:
                 final, chosen = self._build(choice.nodes, merged, asked, maps), choice
             else:
@@ -384,7 +387,7 @@ class Auto(Drafter):
 
     @staticmethod
     def _choose(asked: list[_Asked], merged: Draft, maps: list[list[int]], latency: np.ndarray, *, cap: int,
-                bucket: int, wasted: float) -> Choice:
+                bucket: int, wasted: float, chains: bool = False) -> Choice:
         """The best nodes of the merged tree; updates each source's gain: what adding it to the ones before added.
 
         Nodes first placed by the k-th draft come after those of earlier drafts,
@@ -400,8 +403,10 @@ class Auto(Drafter):
             np.maximum.at(conditional, np.asarray(node_of[1:]) - 1, entry.conditional)
             size = max(size, *node_of)
             spent += entry.elapsed
-            choice = best_size(path_scores(merged.parents[:size], conditional[:size]), latency, draft_s=spent,
-                               max_nodes=cap)
+            scores = path_scores(merged.parents[:size], conditional[:size])
+            if chains:  # the target verifies chains: the best path of the merged tree
+                scores = best_path_scores(merged.parents[:size], scores)
+            choice = best_size(scores, latency, draft_s=spent, max_nodes=cap)
             entry.source.learn_gain(bucket, choice.rate / previous)
             previous = choice.rate
         return choice
@@ -612,6 +617,8 @@ def latency_prior(target) -> tuple[Callable[..., float], bool]:
 def build(ctx: BuildContext) -> Drafter:
     options = ctx.options
     max_nodes = int(options.get("max_nodes", 32))
+    limit = getattr(ctx.target, "max_draft", None)  # a backend's exact pass size caps what auto verifies
+    max_nodes = max_nodes if limit is None else min(max_nodes, limit)
     names, explicit = source_names(options, str(getattr(ctx.target, "device", "cpu")))
     inputs = {k: options[k] for k in INPUTS if options.get(k) is not None}
     built = []
@@ -634,7 +641,8 @@ def build(ctx: BuildContext) -> Drafter:
     prior, contextual = latency_prior(ctx.target)
     latency = LatencyModel(prior, max_nodes=max_nodes, contextual=contextual)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),
-                probe_share=float(options.get("probe_share", 0.02)))
+                probe_share=float(options.get("probe_share", 0.02)),
+                chains=not getattr(ctx.target, "verifies_trees", True))
 
 
 __all__ = ["Auto", "DEFAULT_SOURCES", "SOURCES", "Source", "SourceSpec", "source_names"]
