@@ -227,7 +227,7 @@ In the evening the cat slept on the mat, and the cat dreamed of the kitchen, the
 
 @main.command()
 @click.option("--model", default=DEFAULT_MODEL, show_default=True)
-@click.option("--method", default="pld", show_default=True, help="the accelerated method to compare")
+@click.option("--method", default="auto", show_default=True, help="the accelerated method to compare")
 @click.option("--dtype", type=DTYPES, default="auto", show_default=True)
 @click.option("--max-new-tokens", type=int, default=160, show_default=True)
 @backend_option

@@ -233,6 +233,9 @@ def not_exact_message(target) -> str | None:
     """Why greedy output is not promised equal to plain decoding on this target (None: it is)."""
     if target.exact:
         return None
+    own = getattr(target, "not_exact_message", None)  # a backend that knows its own reason (llama.cpp)
+    if own:
+        return own
     dtype = str(target.dtype).removeprefix("torch.")
     if target.device.type != "cpu":
         return NOT_EXACT_GPU.format(device=target.device.type, dtype=dtype)

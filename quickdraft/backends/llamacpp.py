@@ -326,6 +326,10 @@ class LlamaCppTarget:
         """Whether greedy output is promised equal to plain greedy decoding on this backend (checked here)."""
         return self.check is not None and self.check.exact
 
+    @property
+    def not_exact_message(self) -> str | None:
+        return None if self.exact else NOT_EXACT
+
     # ---------------------------------------------------------------- the cache
 
     def new_cache(self) -> LlamaKV:

@@ -134,6 +134,10 @@ SOURCES: dict[str, SourceSpec] = {
     )
 }
 DEFAULT_SOURCES = ("pld-tree", "recycle", "ngram")
+# On a backend that verifies chains at a high price per row (llama.cpp on a CPU), sources that learn every step
+# cost more than they add: the builtin suite, llama.cpp, SmolLM2 Q4_1, 2 prompts per category, one run
+# (docs/llamacpp.md): auto 0.93x plain with the three, 0.98x with pld-tree and ngram, 0.99x with pld-tree.
+CHAIN_SOURCES = ("pld-tree",)
 GAIN_RATE = 0.2  # how fast a source's recent usefulness follows its drafts
 MIN_ASK = 8  # nodes a source is asked for at least
 
@@ -559,18 +563,19 @@ def _parents(draft: Draft) -> tuple[int, ...]:
 # ------------------------------------------------------------------ building
 
 
-def source_names(options: dict[str, Any], device: str = "cpu") -> tuple[list[str], bool]:
+def source_names(options: dict[str, Any], device: str = "cpu", *, chains: bool = False) -> tuple[list[str], bool]:
     """The sources to use and whether the user listed them (then every one must build).
 
     On a GPU ``eagle`` is not a default source: its layer's passes cost more
     there than its guesses add (H100, embedded model, float32, the builtin
     suite's 7 first prompts: auto 72 tok/s with it, 82 without, ngram alone 84;
     on this project's CPU auto with it is level with ngram). Listed in
-    ``sources``, it is used anywhere.
+    ``sources``, it is used anywhere. chains: the target verifies chains only (llama.cpp on the CPUs
+    measured): :data:`CHAIN_SOURCES` replace :data:`DEFAULT_SOURCES`.
     """
     raw = options.get("sources")
     if raw is None:
-        names = list(DEFAULT_SOURCES)
+        names = list(CHAIN_SOURCES if chains else DEFAULT_SOURCES)
         gpu = torch.device(device).type != "cpu"
         for name, spec in SOURCES.items():  # an adapter may be shipped for the model: tried, left out if none
             if name == "eagle" and gpu:
@@ -619,7 +624,8 @@ def build(ctx: BuildContext) -> Drafter:
     max_nodes = int(options.get("max_nodes", 32))
     limit = getattr(ctx.target, "max_draft", None)  # a backend's exact pass size caps what auto verifies
     max_nodes = max_nodes if limit is None else min(max_nodes, limit)
-    names, explicit = source_names(options, str(getattr(ctx.target, "device", "cpu")))
+    chains = not getattr(ctx.target, "verifies_trees", True)
+    names, explicit = source_names(options, str(getattr(ctx.target, "device", "cpu")), chains=chains)
     inputs = {k: options[k] for k in INPUTS if options.get(k) is not None}
     built = []
     capabilities = getattr(ctx.target, "capabilities", None)
@@ -642,7 +648,7 @@ def build(ctx: BuildContext) -> Drafter:
     latency = LatencyModel(prior, max_nodes=max_nodes, contextual=contextual)
     return Auto(built, latency, max_nodes=max_nodes, margin=float(options.get("margin", 0.0)),
                 probe_share=float(options.get("probe_share", 0.02)),
-                chains=not getattr(ctx.target, "verifies_trees", True))
+                chains=chains)
 
 
 __all__ = ["Auto", "DEFAULT_SOURCES", "SOURCES", "Source", "SourceSpec", "source_names"]

@@ -168,3 +168,28 @@ def test_a_gguf_llama_cpp_cannot_load_is_one_line(tmp_path):
     assert out.output.strip().count("\n") == 0 and "could not" in out.output
     out = CliRunner().invoke(main, ["generate", "hi", "--model", str(tmp_path / "none.gguf"), "--backend", "llamacpp"])
     assert out.exit_code != 0 and "does not exist" in out.output
+
+
+def test_server_on_llamacpp_answers_as_generate(llama_engine, llama_plain):
+    """The OpenAI-compatible server, unchanged, on the llama.cpp backend: auto's answer is plain decoding's."""
+    import openai
+
+    from quickdraft.server import ServerConfig
+    from tests.server.conftest import serving
+
+    prompt = PROMPTS[0]
+    with serving([llama_engine], ServerConfig(default_method="auto")) as url:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        reply = api.chat.completions.create(model="smollm2-135m-instruct", max_tokens=NEW_TOKENS, temperature=0,
+                                            messages=[{"role": "user", "content": prompt}])
+    assert reply.choices[0].message.content == llama_plain[prompt].text
+    assert reply.usage.completion_tokens == len(llama_plain[prompt].token_ids)
+
+
+def test_serve_refuses_concurrency_on_llamacpp():
+    from click.testing import CliRunner
+
+    from quickdraft.cli import main
+
+    out = CliRunner().invoke(main, ["serve", "--backend", "llamacpp", "--max-concurrency", "2"])
+    assert out.exit_code != 0 and "--max-concurrency above 1" in out.output
