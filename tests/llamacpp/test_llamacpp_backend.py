@@ -193,3 +193,18 @@ def test_serve_refuses_concurrency_on_llamacpp():
 
     out = CliRunner().invoke(main, ["serve", "--backend", "llamacpp", "--max-concurrency", "2"])
     assert out.exit_code != 0 and "--max-concurrency above 1" in out.output
+
+
+def test_seeded_sampling_equals_plain_sampling_on_llamacpp(llama_engine):
+    """Sampling on llama.cpp: a seeded request gives plain sampling's text with any deterministic drafter
+    (randomness keyed by position, as on transformers), and drafts are accepted."""
+    prompt = PROMPTS[0]
+    ref = llama_engine.generate(prompt, method="ar", temperature=0.5, seed=7, max_new_tokens=NEW_TOKENS)
+    accepted = 0
+    for method in ("pld", "ngram", "auto"):
+        got = llama_engine.generate(prompt, method=method, temperature=0.5, seed=7, max_new_tokens=NEW_TOKENS)
+        assert got.token_ids == ref.token_ids, method
+        accepted += got.stats.new_tokens - got.stats.steps
+    assert accepted > 0
+    again = llama_engine.generate(prompt, method="ar", temperature=0.5, seed=7, max_new_tokens=NEW_TOKENS)
+    assert again.token_ids == ref.token_ids
