@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 # The llama.cpp backend: llama-cpp-python built from source (PyPI has no CPU wheel; ~8 min on 2 cores),
 # without the llamafile sgemm and CPU weight repacking, so that the rows of a verification pass are
 # bit-identical to one-row passes (docs/llamacpp.md). The built wheel is kept under WHEELS, keyed by
-# version and build options, so a new venv installs it in seconds and never mixes it up with a
-# default build in pip's own cache.
+# version, build options and the CPU's instruction sets (llama.cpp is compiled for the CPU it is built
+# on), so a new venv installs it in seconds and never mixes it up with a default build in pip's own cache.
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CMAKE := -DGGML_LLAMAFILE=OFF -DGGML_CPU_REPACK=OFF
-WHEELS ?= $(HOME)/.cache/quickdraft/wheels/llama-cpp-python-0.3.36-no-llamafile-no-repack
+CPU_KEY := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-8)
+WHEELS ?= $(HOME)/.cache/quickdraft/wheels/llama-cpp-python-0.3.36-no-llamafile-no-repack-cpu$(CPU_KEY)
 
 .PHONY: demo test setup clean
 
