@@ -30,6 +30,7 @@ import os
 import random
 import tempfile
 import threading
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,7 +97,7 @@ class LlamaContext:
     """A loaded GGUF model and one llama.cpp context over it (its KV cache, a batch buffer)."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
-                 n_batch: int = 512, max_leaves: int = MAX_LEAVES, flash_attn: bool = False) -> None:
+                 n_batch: int = 512, max_leaves: int = MAX_LEAVES) -> None:
         lib = self.lib = _lib()
         _LOG.install(lib)
         _LOG.lines.clear()
@@ -114,7 +115,7 @@ class LlamaContext:
         cp.n_seq_max = int(max_leaves)
         cp.kv_unified = True  # one KV buffer: a tree's shared prefix is in every sequence without copies
         cp.n_threads = cp.n_threads_batch = self.threads
-        cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # with it, chains differ from plain decoding (docs)
         cp.no_perf = True
         self.ctx = lib.llama_init_from_model(self.model, cp)
         if not self.ctx:
@@ -126,6 +127,8 @@ class LlamaContext:
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(self.n_batch, 0, self.max_leaves)
         self.lock = threading.Lock()  # one pass at a time on this context
+        # llama.cpp's memory is freed when this object goes (or at exit); close() frees it at once
+        self._free = weakref.finalize(self, _free_context, lib, self.batch, self.ctx, self.model)
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
@@ -172,18 +175,14 @@ class LlamaContext:
         self.lib.llama_memory_clear(self.memory, True)
 
     def close(self) -> None:
-        lib = self.lib
-        if getattr(self, "ctx", None):
-            lib.llama_batch_free(self.batch)
-            lib.llama_free(self.ctx)
-            lib.llama_model_free(self.model)
-            self.ctx = self.model = None
+        """Free the model, context and batch now (later use of this object is an error of the caller)."""
+        self._free()
 
-    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
-        try:
-            self.close()
-        except Exception:
-            pass
+
+def _free_context(lib, batch, ctx, model) -> None:
+    lib.llama_batch_free(batch)
+    lib.llama_free(ctx)
+    lib.llama_model_free(model)
 
 
 class LlamaKV:
@@ -404,15 +403,17 @@ class LlamaCppTarget:
             self.context.seq_cp(0, 1)
         for seq in range(1, plan.leaves):
             self.context.seq_cp(0, seq)  # the committed cells, seen by every branch
+        decoded = False
         try:
             logits = self.context.decode(ids, positions, seqs, wanted)
-        except BaseException:
-            for seq in range(1, max(plan.leaves, 2)):
-                self.context.seq_rm(seq, -1, -1)
-            self.context.seq_rm(0, cache.cells, -1)
-            cache.pending = []  # the cache no longer holds what it committed: the generation cannot go on
-            cache.epoch = -1
-            raise
+            decoded = True
+        finally:
+            if not decoded:  # the error goes on to the caller; the pass's cells and this cache are dropped
+                for seq in range(1, max(plan.leaves, 2)):
+                    self.context.seq_rm(seq, -1, -1)
+                self.context.seq_rm(0, cache.cells, -1)
+                cache.pending = []  # the cache no longer holds what it committed: the generation cannot go on
+                cache.epoch = -1
         if padded:
             self.context.seq_rm(1, -1, -1)
         cache.cells = root

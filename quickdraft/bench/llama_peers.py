@@ -8,7 +8,6 @@ same process, with the engine's prompt ids, counted like our methods (``--backen
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from ..errors import QuickdraftError
 from .generation import Generation

@@ -57,13 +57,14 @@ log = logging.getLogger(__name__)
 
 BASELINE = "ar"
 
-# Peer baselines: transformers' own decoding, run in the same process on the same model.
+# Peer baselines, run in the same process on the same model: transformers' own decoding, and
+# llama-cpp-python's beside the llama.cpp backend (bench/llama_peers.py).
 PEERS: dict[str, str] = {
     "hf-generate": "transformers generate (plain decoding)",
     "hf-pld": "transformers prompt lookup (prompt_lookup_num_tokens=10, max_matching_ngram_size=3)",
     "hf-assisted": "transformers assisted generation with --draft-model (transformers' default settings)",
+    **LLAMA_PEERS,
 }
-PEERS.update(LLAMA_PEERS)  # llama-generate, llama-pld: beside the llama.cpp backend (bench/llama_peers.py)
 HF_PLD_TOKENS = 10  # the same draft length and n-gram size as our `pld`, so the two compare like for like
 HF_PLD_NGRAM = 3
 

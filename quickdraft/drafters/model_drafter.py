@@ -370,13 +370,5 @@ class ModelDrafter(Drafter):
                 self._model(rank).update(conf, node in accepted)
 
 
-def forward_cost(model) -> int:
-    """Weights a forward pass reads (decoder layers and LM head), the CPU cost proxy."""
-    layers = model.model.layers if hasattr(model, "model") and hasattr(model.model, "layers") else None
-    if layers is None:
-        return sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in layers.parameters()) + model.get_output_embeddings().weight.numel()
-
-
-__all__ = ["Backoff", "ModelDrafter", "TreeShape", "VocabMap", "causal_allowed", "draft_distribution", "forward_cost",
+__all__ = ["Backoff", "ModelDrafter", "TreeShape", "VocabMap", "causal_allowed", "draft_distribution",
            "select_tree"]
