@@ -339,6 +339,12 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
               help="require 'Authorization: Bearer KEY' on /v1 and /metrics")
 @click.option("--max-concurrency", type=int, default=1, show_default=True,
               help="generations run at the same time (engines sharing the weights)")
+@click.option("--max-batch", type=int, default=None,
+              help="requests decoded together, one pass per step (continuous batching; llama.cpp) "
+                   "[default: 8 on llama.cpp, else 1]")
+@click.option("--speculation", type=click.Choice(["goodput", "always", "never"]), default="goodput",
+              show_default=True, help="draft tokens a batched step verifies: chosen by goodput (SmartSpec), "
+                                      "every one proposed, or none")
 @click.option("--max-queue", type=int, default=64, show_default=True,
               help="requests that may wait; beyond it the server answers 429")
 @click.option("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted [default: the context]")
@@ -367,7 +373,8 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @backend_option
-def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_prompt_tokens, max_tokens_limit,
+def serve(model, method, host, port, api_key, max_concurrency, max_batch, speculation, max_queue, max_prompt_tokens,
+          max_tokens_limit,
           default_max_tokens, option_pairs, offered, allow_hosts, docs, header_timeout, body_timeout,
           max_connections, drafter_scope, dtype, threads, log_level, backend) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
@@ -378,7 +385,15 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
 
     from .server import LOOPBACK
 
+    from .backends import choose_backend
+
     options = parse_options(option_pairs)
+    on_llama = choose_backend(model, backend, dtype=dtype) == "llamacpp"
+    if max_batch is None:
+        max_batch = 8 if on_llama and max_concurrency == 1 else 1
+    if max_batch > 1 and max_concurrency > 1:
+        raise QuickdraftError("--max-batch and --max-concurrency above 1 exclude each other: batch requests, or run "
+                              "engines side by side")
     hosts = tuple(f"[{h}]" if ":" in h and not h.startswith("[") else h for h in allow_hosts)  # IPv6 as in Host
     hosts = hosts or (LOOPBACK if host in LOOPBACK else ("*",))
     config = ServerConfig(  # every input error surfaces here, before loading the model
@@ -387,15 +402,13 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
         default_max_tokens=default_max_tokens, model_aliases=(model,), options=options,
         methods=tuple(offered.split(",")) if offered else (), allowed_hosts=hosts, docs=docs,
         header_timeout=header_timeout, body_timeout=body_timeout, max_connections=max_connections,
-        drafter_scope=drafter_scope,
+        drafter_scope=drafter_scope, max_batch=max_batch, speculation=speculation,
     )
     if max_concurrency <= 0:
         raise QuickdraftError(f"--max-concurrency must be positive, got {max_concurrency}")
-    from .backends import choose_backend
-
-    if max_concurrency > 1 and choose_backend(model, backend, dtype=dtype) == "llamacpp":
+    if max_concurrency > 1 and on_llama:
         raise QuickdraftError("--max-concurrency above 1 needs --backend transformers: a llama.cpp context holds "
-                              "one generation's cache")
+                              "one generation's cache (use --max-batch to decode requests together)")
     engine = load(model, dtype=dtype, threads=threads, backend=backend)
     for name in config.methods:  # bad options fail now
         engine.drafter(name, config.options_for(name))
@@ -403,6 +416,48 @@ def serve(model, method, host, port, api_key, max_concurrency, max_queue, max_pr
                f"{config.default_method} on http://{host}:{port}/v1", err=True)
     _warn_if_not_exact(engine)
     run_server(engine, config, host=host, port=port, max_concurrency=max_concurrency, log_level=log_level)
+
+
+@main.command("bench-serve")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True)
+@click.option("--concurrency", default="1,2,4,8,16", show_default=True, help="comma-separated client counts")
+@click.option("--modes", default="one-at-a-time,never,always,goodput", show_default=True,
+              help="server modes: one-at-a-time (today's FIFO server), never/always/goodput (batched, with that "
+                   "speculation)")
+@click.option("--method", default="ngram", show_default=True, help="the drafting method of every mode")
+@click.option("--requests-per-client", type=int, default=2, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--suite", default="builtin", show_default=True, help="prompts: builtin, humaneval or a .jsonl file")
+@click.option("--per-category", type=int, default=2, show_default=True, help="prompts per category of the suite")
+@click.option("--time-limit", type=float, default=600.0, show_default=True,
+              help="seconds per level after which clients send no new request")
+@click.option("--threads", type=int, default=None, help="CPU threads (llama.cpp's or torch's)")
+@click.option("--dtype", type=DTYPES, default="auto", show_default=True)
+@click.option("--out", default="bench-serve-results", show_default=True, help="output folder")
+@backend_option
+def bench_serve(model, concurrency, modes, method, requests_per_client, max_tokens, suite, per_category, time_limit,
+                threads, dtype, out, backend) -> None:
+    """Load-test the server: throughput, time to first token and per output token, per concurrency level."""
+    import shlex
+
+    from .bench.serve_load import LoadConfig, run_load, write_report
+    from .bench.suites import load_suite
+    from .engine import load
+    from .server import ServerConfig
+
+    try:
+        levels = tuple(int(c) for c in _split_list(concurrency))
+    except ValueError:
+        raise QuickdraftError(f"--concurrency takes comma-separated integers, got {concurrency!r}") from None
+    config = LoadConfig(concurrency=levels, modes=tuple(_split_list(modes)), method=method,
+                        requests_per_client=requests_per_client, max_tokens=max_tokens, time_limit_s=time_limit)
+    prompts = [p.turns[0] for p in load_suite(suite).select(per_category=per_category).prompts]
+    base = ServerConfig(default_method=method, methods=(method, "ar"), max_queue=max(levels) * 2)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend)
+    _warn_if_not_exact(engine)
+    results = run_load(engine, config, prompts, base=base, progress=lambda line: click.echo(line, err=True))
+    write_report(results, Path(out), shlex.join(["quickdraft", "bench-serve", *sys.argv[2:]]))
+    click.echo(f"results: {Path(out) / 'results.json'}, {Path(out) / 'report.md'}, {Path(out) / 'throughput.png'}")
 
 
 @main.command()

@@ -106,6 +106,7 @@ class Request:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     tenant: str | None = None  # whose drafters serve it (Engine.drafter); None: the shared ones
+    max_draft: int | None = None  # draft tokens a step may verify at most (0: plain steps); None: the method's own
 
 
 Message = dict[str, str]
@@ -186,11 +187,13 @@ class Engine:
         system: str | None = None,
         chat: bool = True,
         tenant: str | None = None,
+        max_draft: int | None = None,
     ) -> Request:
         """Validate a request and tokenize its prompt; raises QuickdraftError on bad input.
 
         tenant: requests of one tenant share drafters (and what they learn) only with each other
-        (None: the engine's shared drafters)."""
+        (None: the engine's shared drafters). max_draft: at most this many draft tokens verified per
+        step (0: speculation off for this request, plain steps); None: as the method sizes its drafts."""
         get_method(method)  # unknown method -> error listing the known ones
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
@@ -200,12 +203,14 @@ class Engine:
             raise QuickdraftError("stop strings must be non-empty strings")
         if any(len(s) > MAX_STOP_CHARS for s in stops):
             raise QuickdraftError(f"a stop string is longer than {MAX_STOP_CHARS} characters")
+        if max_draft is not None and (isinstance(max_draft, bool) or not isinstance(max_draft, int) or max_draft < 0):
+            raise QuickdraftError(f"max_draft must be a non-negative integer, got {max_draft!r}")
         prompt_ids = self.encode(prompt, system=system, chat=chat)
         if len(prompt_ids) >= self.target.max_context:
             raise QuickdraftError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.target.max_context}"
             )
-        return Request(tuple(prompt_ids), method, params, max_new_tokens, stops, tenant)
+        return Request(tuple(prompt_ids), method, params, max_new_tokens, stops, tenant, max_draft)
 
     def encode(self, prompt: str | Sequence[Message], *, system: str | None = None, chat: bool = True) -> list[int]:
         """Token ids of a prompt, through the chat template unless ``chat`` is False (thread-safe)."""
@@ -276,7 +281,8 @@ class Engine:
         token_ids: list[int] = []
         finish = "length"
         start = time.perf_counter()
-        steps = decode(self.target, request.prompt_ids, drafter, request.params, request.max_new_tokens, stats)
+        steps = decode(self.target, request.prompt_ids, drafter, request.params, request.max_new_tokens, stats,
+                       max_draft=request.max_draft)
         try:
             for emitted in steps:
                 token_ids.extend(emitted)
@@ -309,8 +315,11 @@ def decode(
     params: SamplingParams,
     max_new_tokens: int,
     stats: Stats,
+    *,
+    max_draft: int | None = None,
 ) -> Iterator[tuple[int, ...]]:
-    """The decode loop: yields the tokens each step emits, cut at EOS and at max_new_tokens.
+    """The decode loop: yields the tokens each step emits, cut at EOS and at max_new_tokens (and drafts at
+    ``max_draft`` tokens, when given).
 
     Invariant: the KV cache holds every committed token but the last one (the
     *root*), which is fed as the first input of the next step. So the prefill
@@ -340,13 +349,7 @@ def decode(
         draft = drafter.propose(
             DraftContext(tokens=tokens[:length], prompt_len=prompt_len, budget=room - 1, params=params)
         )
-        limit = getattr(target, "max_draft", None)  # rows a pass may have and stay exact on this backend
-        draft = fit_draft(draft, room - 1 if limit is None else min(room - 1, limit))
-        if not getattr(target, "verifies_trees", True):  # a backend whose tree rows are not exact here: the draft's best chain
-            draft = best_chain(draft)
-        if limit is not None and len(draft) > limit:  # a tree's first nodes (drafters list them best first)
-            draft = Draft(tokens=draft.tokens[:limit], parents=None if draft.parents is None else draft.parents[:limit],
-                          draft_probs=None if draft.draft_probs is None else draft.draft_probs[:limit])
+        draft = shape_draft(target, draft, room - 1 if max_draft is None else min(room - 1, max_draft))
         t1 = time.perf_counter()
 
         # 2. verify: one forward over the root and the drafted tokens
@@ -361,7 +364,7 @@ def decode(
 
         # 4. commit: the cache keeps the root and the accepted path
         cache.keep(base, [0, *verdict.path])
-        emitted = _cut_at_eos(verdict.tokens, target.eos_ids)
+        emitted = cut_at_eos(verdict.tokens, target.eos_ids)
         tokens[length: length + len(emitted)] = emitted
         length += len(emitted)
         t2 = time.perf_counter()
@@ -408,6 +411,19 @@ def accept(
     return verify_sampling(probs, tokens, draft_probs, generator)
 
 
+def shape_draft(target: TargetModel, draft: Draft, budget: int) -> Draft:
+    """A proposed draft made verifiable on ``target``: at most ``budget`` deep, at most the rows a pass may
+    have and stay exact on its backend (``max_draft``), its best chain where whole trees are not exact."""
+    limit = getattr(target, "max_draft", None)
+    draft = fit_draft(draft, budget if limit is None else min(budget, limit))
+    if not getattr(target, "verifies_trees", True):  # a backend whose tree rows are not exact here: the draft's best chain
+        draft = best_chain(draft)
+    if limit is not None and len(draft) > limit:  # a tree's first nodes (drafters list them best first)
+        draft = Draft(tokens=draft.tokens[:limit], parents=None if draft.parents is None else draft.parents[:limit],
+                      draft_probs=None if draft.draft_probs is None else draft.draft_probs[:limit])
+    return draft
+
+
 def fit_draft(draft: Draft, budget: int) -> Draft:
     """Drop draft nodes deeper than ``budget``, so accepted tokens plus the bonus fit the room left."""
     if draft.parents is None or draft.is_chain:
@@ -440,7 +456,7 @@ def best_chain(draft: Draft) -> Draft:
                  draft_probs=None if draft.draft_probs is None else draft.draft_probs[keep])
 
 
-def _cut_at_eos(tokens: tuple[int, ...], eos_ids: frozenset[int]) -> tuple[int, ...]:
+def cut_at_eos(tokens: tuple[int, ...], eos_ids: frozenset[int]) -> tuple[int, ...]:
     for i, token in enumerate(tokens):
         if token in eos_ids:
             return tokens[: i + 1]
@@ -513,4 +529,5 @@ def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: s
     return Engine(load_target(model, backend=backend, dtype=dtype, device=device, threads=threads))
 
 
-__all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "best_chain", "decode", "fit_draft", "load"]
+__all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "best_chain", "decode", "fit_draft", "load",
+           "shape_draft"]

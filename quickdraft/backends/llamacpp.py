@@ -97,7 +97,7 @@ class LlamaContext:
     """A loaded GGUF model and one llama.cpp context over it (its KV cache, a batch buffer)."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
-                 n_batch: int = 512, max_leaves: int = MAX_LEAVES) -> None:
+                 n_batch: int = 512, max_leaves: int = MAX_LEAVES, unified: bool = True) -> None:
         lib = self.lib = _lib()
         _LOG.install(lib)
         _LOG.lines.clear()
@@ -113,7 +113,9 @@ class LlamaContext:
         cp.n_ctx = int(n_ctx or min(trained, DEFAULT_CONTEXT))
         cp.n_batch = cp.n_ubatch = int(n_batch)
         cp.n_seq_max = int(max_leaves)
-        cp.kv_unified = True  # one KV buffer: a tree's shared prefix is in every sequence without copies
+        # unified: one KV buffer, so a tree's shared prefix is in every sequence without copies; else one
+        # buffer (stream) per sequence, n_ctx / max_leaves cells each, for requests batched together
+        cp.kv_unified = bool(unified)
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED  # with it, chains differ from plain decoding (docs)
         cp.no_perf = True
@@ -428,6 +430,14 @@ class LlamaCppTarget:
         from .llamacpp_lm import LlamaCppLM
 
         return LlamaCppLM(LlamaContext(self.path, n_ctx=self.max_context, threads=self.threads, max_leaves=1))
+
+    def batch_slots(self, slots: int):
+        """A context decoding up to ``slots`` requests together (:class:`~.llamacpp_batch.LlamaSlots`), and
+        the check of its rows against each request decoded alone, on this machine (cached)."""
+        from .llamacpp_batch import LlamaSlots, checked_batch
+
+        batch = LlamaSlots(self, slots)
+        return batch, checked_batch(batch)
 
     @property
     def pass_weights(self) -> int:

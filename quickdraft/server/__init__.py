@@ -12,6 +12,12 @@ From Python (what the command does)::
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
 from ..engine import Engine
 from ..errors import QuickdraftError
 from .app import LOOPBACK_HOSTS, ServerConfig, create_app, default_method
@@ -50,4 +56,30 @@ def serve(engine: Engine, config: ServerConfig, *, host: str = "127.0.0.1", port
         raise QuickdraftError(f"the server could not start on {host}:{port} (see the log above)")
 
 
-__all__ = ["ServerConfig", "create_app", "default_method", "serve", "uvicorn_config"]
+@contextmanager
+def running(engines: Sequence[Engine], config: ServerConfig, *, log_level: str = "warning",
+            start_timeout: float = 120.0) -> Iterator[str]:
+    """Run the app on a free loopback port in a thread of this process; yield its base URL; shut it down
+    (lifespan included). For tests and the load benchmark."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(create_app(engines, config), config, log_level=log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise QuickdraftError("the server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+__all__ = ["ServerConfig", "create_app", "default_method", "running", "serve", "uvicorn_config"]

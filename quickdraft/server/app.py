@@ -32,7 +32,7 @@ from ..errors import QuickdraftError
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, GenerationFields, Reply, decode_body, \
     parse_request, sse
-from .scheduler import Job, Scheduler, ServerBusy
+from .scheduler import BatchScheduler, Job, Scheduler, ServerBusy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ class ServerConfig:
         auto's choices), which makes drafts better, and lets timing hint at what others wrote;
         ``user``: requests share drafters only with requests of the same ``user`` field (requests
         without one share the anonymous drafters). Neither changes any answer's text.
+    max_batch: requests decoded together in one pass per step (continuous batching, on backends that
+        batch: llama.cpp); 1: one request at a time per engine. Where batched rows are not exact on this
+        machine, or the backend does not batch, the server says so and serves one at a time.
+    speculation: how many draft tokens a batched step verifies: ``goodput`` (chosen per step to maximise
+        committed tokens per second, SmartSpec), ``always`` or ``never``.
     """
 
     default_method: str = "pld"
@@ -86,6 +91,8 @@ class ServerConfig:
     body_timeout: float = 30.0
     max_connections: int = 256
     drafter_scope: str = "shared"
+    max_batch: int = 1
+    speculation: str = "goodput"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "default_method", canonical_method(self.default_method))
@@ -106,6 +113,10 @@ class ServerConfig:
         for name in ("max_tokens_limit", "default_max_tokens", "max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise QuickdraftError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_batch < 1:
+            raise QuickdraftError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.speculation not in ("goodput", "always", "never"):
+            raise QuickdraftError(f"speculation must be goodput, always or never, got {self.speculation!r}")
         if self.max_queue < 0:
             raise QuickdraftError(f"max_queue must be >= 0, got {self.max_queue}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens <= 0:
@@ -120,6 +131,23 @@ class ServerConfig:
 def create_app(engines: Sequence[Engine], config: ServerConfig) -> FastAPI:
     """The ASGI app serving ``engines`` (one generation at a time on each; they must share one model)."""
     return Server(engines, config).app
+
+
+def batch_decoder(engine: Engine, config: ServerConfig):
+    """The engine's :class:`~quickdraft.batching.BatchDecoder` for ``config.max_batch`` requests, or None (with
+    a warning that says why) where its backend does not batch or batched rows are not exact here."""
+    from ..batching import BatchDecoder
+
+    try:
+        decoder = BatchDecoder(engine, config.max_batch, policy=config.speculation)
+    except QuickdraftError as exc:
+        log.warning("serving one request at a time: %s", exc)
+        return None
+    if not decoder.exact:
+        log.warning("serving one request at a time: rows of batched passes differ from each request decoded "
+                    "alone on this machine (%s)", decoder.check)
+        return None
+    return decoder
 
 
 class _Outcome:
@@ -144,8 +172,14 @@ class Server:
         self.engine = engines[0]  # for prepare() (tokenizer and limits only) and the model's name
         self.config = config
         self.model_names = {self.engine.model_name, *config.model_aliases}
-        self.metrics = ServerMetrics(queue=lambda: (self.scheduler.waiting, self.scheduler.running))
-        self.scheduler = Scheduler(engines, max_queue=config.max_queue, observer=self.metrics)
+        self.batch = batch_decoder(engines[0], config) if config.max_batch > 1 else None
+        self.metrics = ServerMetrics(queue=lambda: (self.scheduler.waiting, self.scheduler.running),
+                                     batch=None if self.batch is None else lambda: self.batch.stats)
+        self.scheduler: Scheduler | BatchScheduler
+        if self.batch is not None:
+            self.scheduler = BatchScheduler(self.batch, max_queue=config.max_queue, observer=self.metrics)
+        else:
+            self.scheduler = Scheduler(engines, max_queue=config.max_queue, observer=self.metrics)
         self.started = int(time.time())
         self._watchers: set[asyncio.Task] = set()
         self.app = self._build_app()
@@ -215,7 +249,7 @@ class Server:
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.engine.model_name, "default_method": self.config.default_method,
                 "methods": list(self.config.methods), "running": self.scheduler.running,
-                "waiting": self.scheduler.waiting}
+                "waiting": self.scheduler.waiting, "max_batch": 1 if self.batch is None else self.config.max_batch}
 
     async def metrics_page(self) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
@@ -317,6 +351,7 @@ class Server:
                 temperature=1.0 if body.temperature is None else body.temperature,
                 top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, seed=body.seed,
                 stop=body.stop, chat=chat, tenant=body.user if self.config.drafter_scope == "user" else None,
+                max_draft=body.max_draft,
             )
         except QuickdraftError as exc:
             raise ApiError(400, str(exc)) from None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,6 +40,7 @@ class MethodTotals:
     generated_tokens: int = 0
     steps: int = 0
     drafted_tokens: int = 0
+    accepted_tokens: int = 0
     seconds: float = 0.0
 
 
@@ -49,8 +50,9 @@ class ServerMetrics:
     queue: returns (waiting, running) jobs right now.
     """
 
-    def __init__(self, *, queue: Callable[[], tuple[int, int]]) -> None:
+    def __init__(self, *, queue: Callable[[], tuple[int, int]], batch: Callable[[], Any] | None = None) -> None:
         self._queue = queue
+        self._batch = batch  # the batch's counters (quickdraft.batching.BatchStats), when requests are batched
         self._lock = threading.Lock()
         self._requests: Counter[tuple[str, str, str]] = Counter()  # (endpoint, method, status) -> count
         self._generations: Counter[tuple[str, str]] = Counter()  # (method, finish reason) -> count
@@ -72,6 +74,7 @@ class ServerMetrics:
             totals.generated_tokens += s.new_tokens
             totals.steps += s.steps
             totals.drafted_tokens += s.drafted_tokens
+            totals.accepted_tokens += max(s.new_tokens - s.steps, 0)
             totals.seconds += s.wall_s
             self._generations[(result.method, result.finish_reason)] += 1
 
@@ -111,6 +114,7 @@ class ServerMetrics:
             ("quickdraft_target_forward_passes", "Target model forward passes after the prefill (decode steps)",
              "steps"),
             ("quickdraft_drafted_tokens", "Draft tokens proposed to the target model", "drafted_tokens"),
+            ("quickdraft_accepted_tokens", "Draft tokens the target model accepted", "accepted_tokens"),
             ("quickdraft_generation_seconds", "Wall time spent generating", "seconds"),
         ]
         for name, help_text, attr in per_method:
@@ -123,11 +127,30 @@ class ServerMetrics:
                                  "(1.0 for plain decoding), over all finished generations", labels=["method"])
         speed = GaugeMetricFamily("quickdraft_tokens_per_second", "Generated tokens per second of generation time, "
                                   "over all finished generations", labels=["method"])
+        rate = GaugeMetricFamily("quickdraft_draft_acceptance_rate", "Accepted over proposed draft tokens, over all "
+                                 "finished generations", labels=["method"])
         for method, totals in sorted(methods.items()):
             mean.add_metric([method], totals.generated_tokens / totals.steps if totals.steps else 0.0)
             speed.add_metric([method], totals.generated_tokens / totals.seconds if totals.seconds else 0.0)
+            rate.add_metric([method], totals.accepted_tokens / totals.drafted_tokens if totals.drafted_tokens else 0.0)
         yield mean
         yield speed
+        yield rate
+        if self._batch is not None:
+            yield from _batch_metrics(self._batch())
 
         yield GaugeMetricFamily("quickdraft_queue_length", "Requests waiting for an engine", value=waiting)
         yield GaugeMetricFamily("quickdraft_running_generations", "Requests being generated now", value=running)
+
+
+def _batch_metrics(stats) -> Iterator[Metric]:
+    """The batch's counters (continuous batching): passes, rows, requests per pass, goodput."""
+    yield CounterMetricFamily("quickdraft_batch_passes", "Batched target passes (one per decode step)",
+                              value=stats.passes)
+    yield CounterMetricFamily("quickdraft_batch_rows", "Rows (tokens) verified in batched passes", value=stats.rows)
+    yield GaugeMetricFamily("quickdraft_batch_size", "Requests per batched pass, on average",
+                            value=stats.lanes / stats.passes if stats.passes else 0.0)
+    yield GaugeMetricFamily("quickdraft_rows_per_pass", "Rows per batched pass, on average",
+                            value=stats.rows / stats.passes if stats.passes else 0.0)
+    yield GaugeMetricFamily("quickdraft_goodput_tokens_per_second", "Committed tokens per second of batched "
+                            "pass time", value=stats.goodput)

@@ -114,6 +114,7 @@ class GenerationFields(_Strict):
     stream_options: StreamOptions | None = None
     top_k: int | None = None  # an extension (as in vLLM and llama.cpp); None or 0: off
     method: str | None = None  # an extension: quickdraft's decoding method (GET /health lists them)
+    max_draft: int | None = None  # an extension: at most this many draft tokens per step; 0: speculation off
     user: str | None = None  # an end-user id for abuse tracking; it does not change the output
     # Accepted only at their neutral value (clients often send the defaults explicitly).
     n: int | None = None
@@ -214,9 +215,15 @@ def _nesting(data: Any) -> int:
 # --------------------------------------------------------------- responses
 
 
-def usage(result: GenerationResult) -> dict[str, int]:
-    prompt, completion = result.stats.prompt_tokens, len(result.token_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(result: GenerationResult) -> dict[str, Any]:
+    """OpenAI's token counts, plus the request's speculation in vLLM's terms: mean accepted tokens per step
+    (the bonus token counted: 1.0 for plain decoding) and the share of draft tokens accepted."""
+    s = result.stats
+    prompt, completion = s.prompt_tokens, len(result.token_ids)
+    accepted = max(s.new_tokens - s.steps, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "mean_accepted_tokens": round(s.mean_accepted, 4),
+            "draft_acceptance_rate": round(accepted / s.drafted_tokens, 4) if s.drafted_tokens else 0.0}
 
 
 def quickdraft_stats(result: GenerationResult) -> dict[str, Any]:

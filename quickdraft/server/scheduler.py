@@ -218,3 +218,145 @@ class Scheduler:
     def _report_stop(self, method: str, reason: str) -> None:
         if self.observer is not None:
             self.observer.generation_stopped(method, reason)
+
+
+class BatchScheduler:
+    """One worker thread decoding every running job together (continuous batching,
+    :class:`~quickdraft.batching.BatchDecoder`): jobs join between steps while slots are free and leave
+    when done or cancelled; the others wait in a bounded FIFO queue (the same interface as :class:`Scheduler`).
+    """
+
+    def __init__(self, decoder: Any, *, max_queue: int, observer: GenerationObserver | None = None) -> None:
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        self.decoder = decoder
+        self.capacity = decoder.free()
+        self.max_queue = max_queue
+        self.observer = observer
+        self._waiting: deque[Job] = deque()
+        self._running: dict[Any, Job] = {}  # lane -> job (the worker's; sizes read under the lock)
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="quickdraft-batch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            dropped = list(self._waiting) + list(self._running.values())
+            self._waiting.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            job.cancelled.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        for job in dropped:
+            job.close()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise ServerBusy("the server is shutting down")
+            idle = self.capacity - len(self._running) - len(self._waiting)
+            if idle <= 0 and len(self._waiting) >= self.max_queue:
+                raise ServerBusy(
+                    f"the server is busy: {len(self._running)} requests running and {len(self._waiting)} waiting "
+                    f"(the queue holds {self.max_queue}); retry later"
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Drop a waiting job, or make the worker drop a running one before its next step."""
+        job.cancelled.set()
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return
+        job.close()
+
+    # ------------------------------------------------------------ the worker
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._running and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                joining = []
+                while self._waiting and len(self._running) + len(joining) < self.capacity:
+                    joining.append(self._waiting.popleft())
+            for job in joining:
+                self._join(job)
+            self._drop_cancelled()
+            if self._running:
+                self._step()
+
+    def _join(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            job.close()
+            return
+        try:
+            lane = self.decoder.join(job.request, options=job.options)
+        except QuickdraftError as exc:
+            self._report_stop(job.method, "error")
+            job.emit(exc)
+            job.close()
+            return
+        with self._cond:
+            self._running[lane] = job
+
+    def _drop_cancelled(self) -> None:
+        for lane, job in list(self._running.items()):
+            if job.cancelled.is_set():
+                self.decoder.leave(lane)
+                self._report_stop(job.method, "cancelled")
+                self._end(lane)
+
+    def _step(self) -> None:
+        try:
+            events = self.decoder.step()
+        except Exception as exc:  # noqa: BLE001  a failed pass fails its requests, never the worker
+            if not isinstance(exc, QuickdraftError):
+                log.exception("a batched step failed")
+            for lane, job in list(self._running.items()):
+                self.decoder.leave(lane)
+                self._report_stop(job.method, "error")
+                job.emit(exc)
+                self._end(lane)
+            return
+        for lane, items in events.items():
+            job = self._running.get(lane)
+            if job is None:
+                continue
+            for item in items:
+                if isinstance(item, GenerationResult) and self.observer is not None:
+                    self.observer.generation_finished(item)
+                job.emit(item)
+            if lane.finish is not None:
+                self._end(lane)
+
+    def _end(self, lane: Any) -> None:
+        with self._cond:
+            job = self._running.pop(lane)
+        job.close()
+
+    def _report_stop(self, method: str, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.generation_stopped(method, reason)

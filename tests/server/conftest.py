@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from quickdraft import load
 from quickdraft.engine import Engine
-from quickdraft.server import ServerConfig, create_app, uvicorn_config
+from quickdraft.server import ServerConfig, running
 from tests.conftest import make_tiny_model, make_tiny_tokenizer
 
 
-@contextmanager
-def serving(engines: Sequence[Engine], config: ServerConfig) -> Iterator[str]:
+def serving(engines: Sequence[Engine], config: ServerConfig):
     """Run the app on a free loopback port; yield its base URL; shut it down (lifespan included)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(create_app(engines, config), config, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    return running(engines, config)
 
 
 def metric(base_url: str, name: str, headers: dict | None = None, **labels: str) -> float:
