@@ -137,17 +137,23 @@ class BatchDecoder:
             self.slots.close(lane.slot)
             self._idle[lane.key].append(lane.drafter)
 
+    def warm(self, method: str, options: dict[str, Any] | None = None) -> None:
+        """Build a drafter of ``method`` for every slot now (some take a second to build: ``ngram`` reads its
+        prior), so requests joining later do not wait for one."""
+        key = _drafter_key(method, options, None)
+        while len(self._idle[key]) < self.slots.slots:
+            self._idle[key].append(self._build(method, options))
+
+    def _build(self, method: str, options: dict[str, Any] | None) -> Drafter:
+        try:
+            return build_drafter(method, self.target, dict(options or {}))
+        except (TypeError, ValueError) as exc:
+            raise QuickdraftError(f"bad options for method {method!r}: {exc}") from exc
+
     def _drafter(self, request: Request, options: dict[str, Any] | None) -> tuple[Drafter, tuple]:
-        options = dict(options or {})
-        key = (request.method, tuple(sorted((k, repr(v)) for k, v in options.items())), request.tenant)
+        key = _drafter_key(request.method, options, request.tenant)
         idle = self._idle[key]
-        if idle:
-            drafter = idle.pop()
-        else:
-            try:
-                drafter = build_drafter(request.method, self.target, options)
-            except (TypeError, ValueError) as exc:
-                raise QuickdraftError(f"bad options for method {request.method!r}: {exc}") from exc
+        drafter = idle.pop() if idle else self._build(request.method, options)
         drafter.reset()
         return drafter, key
 
@@ -279,6 +285,10 @@ class BatchDecoder:
                     if isinstance(item, GenerationResult):
                         results[index.pop(lane)] = item
         return [results[i] for i in range(len(requests))]
+
+
+def _drafter_key(method: str, options: dict[str, Any] | None, tenant: str | None) -> tuple:
+    return method, tuple(sorted((k, repr(v)) for k, v in (options or {}).items())), tenant
 
 
 def _cut(draft: Draft, k: int) -> Draft:

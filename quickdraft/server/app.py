@@ -147,6 +147,7 @@ def batch_decoder(engine: Engine, config: ServerConfig):
         log.warning("serving one request at a time: rows of batched passes differ from each request decoded "
                     "alone on this machine (%s)", decoder.check)
         return None
+    decoder.warm(config.default_method, config.options_for(config.default_method))
     return decoder
 
 
