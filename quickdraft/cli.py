@@ -133,7 +133,7 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if not text.strip():
         raise QuickdraftError("the prompt is empty")
     get_method(method)  # fail on an unknown method before loading anything
-    from .bench.runner import options_for, parse_options
+    from .options import options_for, parse_options
 
     groups = parse_options(option_pairs)  # every --option is for this method
     other = [g for g in groups if g not in ("", method)]
@@ -294,7 +294,7 @@ def bench(ctx, method_list, suite, per_category, categories, max_new_tokens, tem
 
     from .bench import BenchConfig, BenchSettings, prepare, run_bench
     from .bench.report import RichProgress, summary_table
-    from .bench.runner import parse_options, split_methods
+    from .options import parse_options, split_methods
 
     if resume and force:
         raise QuickdraftError("--resume and --force contradict each other; pick one")
@@ -378,7 +378,7 @@ def serve(model, method, host, port, api_key, max_concurrency, max_batch, specul
           default_max_tokens, option_pairs, offered, allow_hosts, docs, header_timeout, body_timeout,
           max_connections, drafter_scope, dtype, threads, log_level, backend) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)."""
-    from .bench.runner import parse_options
+    from .options import parse_options
     from .engine import load
     from .server import ServerConfig, default_method
     from .server import serve as run_server
@@ -523,7 +523,8 @@ def index() -> None:
 def index_build(corpus, out, model, answers, answer_tokens, dtype, threads) -> None:
     """Index CORPUS files (text, or JSONL with text/turns fields) and/or the model's own answers (--answers) for
     `generate --method rest --datastore OUT` (or as ngram's and recycle's prior: --option prior=OUT)."""
-    from .datastore import index_answers, index_corpus
+    from .datastore import index_corpus
+    from .training.answers import index_answers
 
     if answers:
         meta = index_answers(answers, out, model=model, corpus=list(corpus), max_new_tokens=answer_tokens,

@@ -14,7 +14,7 @@ Build one with ``quickdraft index build CORPUS... --out DIR [--model M]`` or
 :func:`build_datastore`; open it with :meth:`Datastore.open`, which refuses a
 datastore made with another tokenizer. ``--answers DATA`` indexes the model's
 own greedy answers to a prompt set instead (or as well): what the model tends
-to say is what a drafter should guess (:func:`index_answers`). The embedded
+to say is what a drafter should guess (:func:`quickdraft.training.answers.index_answers`). The embedded
 model's datastore of its answers to ``selfinstruct`` ships with quickdraft
 (:func:`shipped_datastore`), so ``rest`` works without ``--datastore`` there.
 """
@@ -297,7 +297,7 @@ def build_datastore(texts: Iterable[str], tokenizer, out: str | os.PathLike, *, 
     ``out`` may not exist yet, or be an earlier datastore (replaced); any
     other existing path is refused rather than overwritten.
     """
-    _check_out(Path(out))
+    check_out(Path(out))
     tokens = tokenize_documents(texts, tokenizer)
     if len(tokens) == 0:
         raise QuickdraftError("the corpus has no text to index" + (f" ({', '.join(sources)})" if sources else ""))
@@ -308,7 +308,7 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
                    sources: Sequence[str] = ()) -> dict:
     """Index token ids (documents each followed by SEP, as :func:`tokenize_documents` makes them) into ``out``."""
     out = Path(out)
-    _check_out(out)
+    check_out(out)
     tokens = np.asarray(tokens, dtype=np.int32)
     suffix_array = build_suffix_array(tokens)
     meta = {
@@ -325,7 +325,7 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
         np.save(tmp / "tokens.npy", tokens, allow_pickle=False)
         np.save(tmp / "suffix_array.npy", suffix_array, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        _check_out(out)  # again: something may have appeared there while the index was built
+        check_out(out)  # again: something may have appeared there while the index was built
         old = None
         if out.exists():  # the earlier datastore steps aside; it is deleted only once the new one is in place
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
@@ -346,7 +346,7 @@ def save_datastore(tokens: np.ndarray, tokenizer, out: str | os.PathLike, *, mod
 DATASTORE_FILES = frozenset({"meta.json", "tokens.npy", "suffix_array.npy"})
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     """``out`` may be missing, an empty folder, or a datastore quickdraft wrote (its files only, its format):
     anything else is the user's and is refused, never replaced."""
     if not out.exists():
@@ -387,41 +387,6 @@ def index_corpus(corpus: Sequence[str], out: str | os.PathLike, *, model: str) -
     return build_datastore(texts, tokenizer, out, model_name=name, sources=[str(Path(p)) for p in corpus])
 
 
-def index_answers(data: str, out: str | os.PathLike, *, model: str, corpus: Sequence[str] = (),
-                  max_new_tokens: int = 160, dtype: str = "auto", threads: int | None = None, engine=None,
-                  data_cache: Path | None = None) -> dict:
-    """What ``quickdraft index build --answers DATA`` does; returns the metadata.
-
-    The model's greedy answers (EOS included, prompts left out) to the prompts
-    of ``data`` (``builtin``, ``selfinstruct`` or a file, as for ``quickdraft
-    train --data``; generated once and cached with the training data, so a
-    datastore and an adapter trained on the same data share them), plus the
-    ``corpus`` files, if any, as documents.
-    """
-    from .adapters import model_sha256
-    from .engine import load
-    from .models import cache_dir
-    from .training.data import build_dataset, read_prompts
-
-    _check_out(Path(out))
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-        raise QuickdraftError(f"the answers' length must be a positive number of tokens, got {max_new_tokens!r}")
-    texts = [text for path in corpus for text in read_documents(path)]  # checks every file before the long part
-    prompts = read_prompts(data)
-    engine = engine or load(model, dtype=dtype, threads=threads)
-    target = engine.target
-    dataset = build_dataset(engine, prompts, model_sha256=model_sha256(target), max_new_tokens=max_new_tokens,
-                            cache=data_cache or cache_dir() / "train")
-    parts = []
-    for seq in dataset.train + dataset.held_out:
-        parts += [np.asarray(seq.ids[seq.prompt_len:], dtype=np.int32), np.array([SEP], dtype=np.int32)]
-    if texts:
-        parts.append(tokenize_documents(texts, target.tokenizer))
-    sources = [f"answers of {target.name} to {data} ({len(dataset.train) + len(dataset.held_out)} prompts, "
-               f"at most {max_new_tokens} tokens each)", *(str(Path(p)) for p in corpus)]
-    return save_datastore(np.concatenate(parts), target.tokenizer, out, model_name=target.name, sources=sources)
-
-
 def prior_datastore(target, prior: str | None) -> Datastore | None:
     """The datastore a drafter's ``prior`` option names (``ngram`` and ``recycle`` start from it).
 
@@ -455,7 +420,7 @@ def shipped_datastore(model_name: str) -> Path | None:
 
 
 __all__ = [
-    "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "index_answers", "index_corpus",
+    "Datastore", "SEP", "SuffixIndex", "build_datastore", "build_suffix_array", "check_out", "index_corpus",
     "load_tokenizer", "prior_datastore", "read_documents", "save_datastore", "shipped_datastore", "tokenize_documents",
     "tokenizer_fingerprint",
 ]

@@ -7,7 +7,7 @@ matches how the CPU's matrix-product kernel adds a row's keys, and kernels
 differ between CPUs (measured, docs/exactness.md): oneDNN's bfloat16 product on
 AVX-512 CPUs adds keys in aligned pairs; ATen's own product, which torch takes
 on CPUs without AVX-512, adds them in four interleaved partial sums with the
-pass's last keys all in the first one. :data:`quickdraft.models.LAYOUTS` holds
+pass's last keys all in the first one. :data:`quickdraft.tree.LAYOUTS` holds
 one layout per known kernel.
 
 :func:`select_layout` checks the layouts on the loaded model, on this machine:
@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from .profile import profile_key, profiles_dir
-from .tree import children, depths
+from .paths import profiles_dir
+from .profile import profile_key
+from .tree import LAYOUTS, children, depths
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def attention_rows(parents: tuple[int, ...], start: int, layout: str, *, heads: 
     from types import SimpleNamespace
 
     from . import attention
-    from .models import LAYOUTS
     from .tree import ancestor_mask, path_to
 
     n = len(parents) + 1
@@ -194,8 +194,7 @@ def _cache_path(target, directory: Path | None) -> Path:
 
 
 def select_layout(target, *, directory: Path | None = None, refresh: bool = False) -> str | None:
-    """The first layout of :data:`~quickdraft.models.LAYOUTS` that this machine computes exactly (cached), or None."""
-    from .models import LAYOUTS
+    """The first layout of :data:`~quickdraft.tree.LAYOUTS` that this machine computes exactly (cached), or None."""
 
     path = _cache_path(target, directory)
     key = asdict(replace(profile_key(target), layout=""))

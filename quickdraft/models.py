@@ -29,7 +29,6 @@ import tempfile
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,8 +36,10 @@ import torch
 from .cache import KVCache
 from .errors import QuickdraftError
 from .memory import keep_freed_memory
+from .paths import cache_dir
 from . import attention
-from .tree import ancestor_mask, chain_parents, depths, exact_layout, interleaved_layout
+from .passplan import PassPlan, plan_pass
+from .tree import LAYOUTS  # noqa: F401  (re-exported: the layouts a pass may use)
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,6 @@ ALIASES: dict[str, Alias] = {
         chunked=True,
     ),
 }
-
-
-def cache_dir() -> Path:
-    """Where converted models and machine profiles live."""
-    if os.environ.get("QUICKDRAFT_CACHE"):
-        return Path(os.environ["QUICKDRAFT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "quickdraft"
 
 
 def _package_dir(package: str) -> Path | None:
@@ -384,14 +377,6 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from exc
 
 
-# How a pass lays out draft nodes so every row is computed as plain decoding computes it, by the product
-# kernel's way of adding a row's keys (quickdraft.exactness finds which holds on this machine):
-LAYOUTS = {
-    "pairs": exact_layout,  # keys added in aligned pairs (oneDNN's bfloat16 product on AVX-512 CPUs)
-    "interleaved4": partial(interleaved_layout, width=4),  # 4 interleaved partial sums (ATen's, AVX2 CPUs)
-}
-
-
 class TargetModel:
     """The model being accelerated: one forward over new tokens against a KV cache.
 
@@ -516,80 +501,54 @@ class TargetModel:
         grows by n + m entries. hidden: also return the final hidden state
         (the input of the model's output layer) at the n tokens.
         """
-        start = len(cache)
-        n = len(tokens)
+        start, n = len(cache), len(tokens)
         m = 0 if extra_embeds is None else int(extra_embeds.shape[0])
         if m:
             assert extra_parents is not None and len(extra_parents) == m, "one parent per extra embedding"
             parents = (tuple(range(n - 1)) if parents is None else tuple(parents)) + tuple(extra_parents)
-        # slots: the node in each slot of the pass's key layout (-1: a padding row); slot_parents: its tree
-        slots, slot_parents = list(range(n + m)), parents
-        if self.pad_single:
-            if n + m == 1:  # a second, ignored row (see pad_single)
-                slots, slot_parents = [0, -1], (0,)
-            elif self.layout is not None:
-                # Lay the draft out so every row is computed as plain decoding computes it (LAYOUTS: copies
-                # of some nodes, padding slots; a chain stays as it is under "pairs").
-                slots, slot_parents = LAYOUTS[self.layout](chain_parents(n + m - 1) if parents is None else parents,
-                                                           start)
-        total = len(slots)
-        # The rows fed: each node once, at its first slot. A node's later slots (copies, which would compute
-        # the same) only repeat its keys and values in the cache's layout (cache.spread), at no compute.
-        first: dict[int, int] = {}
-        for slot, node in enumerate(slots):
-            first.setdefault(node, slot)
         ours = self.model.config._attn_implementation == attention.NAME  # it is given the per-row key order
-        spreading = len(first) < total and ours and cache.can_spread  # (spread keys need that order given)
-        fed = sorted(first.values()) if spreading else list(range(total))
-        row_of_slot = {slot: row for row, slot in enumerate(fed)}
-        spread = None
-        if spreading:  # slot s holds the keys and values of the row that computes its node
-            spread = torch.tensor([row_of_slot[first[node]] for node in slots], dtype=torch.long, device=self.device)
-        ids = torch.tensor([[tokens[slots[slot]] if 0 <= slots[slot] < n else tokens[0] for slot in fed]],
+        plan = plan_pass(n, m, parents, start=start, pad_single=self.pad_single, layout=self.layout,
+                         can_spread=ours and cache.can_spread)  # spread keys need that order given
+        ids = torch.tensor([[tokens[node] if 0 <= node < n else tokens[0] for node in (plan.slots[s] for s in plan.fed)]],
                            dtype=torch.long, device=self.device)  # [1, rows]
         kwargs: dict = {"input_ids": ids}
         if m:
             embedded = self.model.get_input_embeddings()(ids)  # [1, rows, H]
-            at = [row for row, slot in enumerate(fed) if slots[slot] >= n]
-            embedded[0, at] = extra_embeds[[slots[fed[row]] - n for row in at]].to(embedded.dtype)
+            at = [row for row, slot in enumerate(plan.fed) if plan.slots[slot] >= n]
+            embedded[0, at] = extra_embeds[[plan.slots[plan.fed[row]] - n for row in at]].to(embedded.dtype)
             kwargs = {"inputs_embeds": embedded}
-        if ours:  # its per-row key order, once per pass
-            kwargs[attention.ORDER_KWARG] = None  # a causal pass (plain decoding, a chain, a prefill): as is
-        if slot_parents is not None and any(p != i for i, p in enumerate(slot_parents)):
-            at_slots = torch.tensor(fed, device=self.device)
-            positions = (torch.tensor(depths(slot_parents), device=self.device)[at_slots] + start)[None]  # [1, rows]
-            allowed = torch.ones(total, start + total, dtype=torch.bool, device=self.device)  # [slots, start + slots]
-            allowed[:, start:] = ancestor_mask(slot_parents).to(self.device)
-            if spread is not None:
-                allowed = allowed[at_slots]  # [rows, start + slots]: a row sees the keys its slot sees
-            mask = torch.zeros(1, 1, len(fed), start + total, dtype=self.dtype, device=self.device)  # additive
-            mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-            kwargs.update(position_ids=positions, attention_mask=mask,
-                          cache_position=torch.arange(start, start + len(fed), device=self.device))
-            if attention.ORDER_KWARG in kwargs:
-                kwargs[attention.ORDER_KWARG] = attention.own_keys_first(allowed[:, start:])
+        if ours:  # its per-row key order, once per pass: a causal pass (plain decoding, a chain, a prefill) as is
+            kwargs[attention.ORDER_KWARG] = None
+        if plan.allowed is not None:
+            kwargs.update(self._tree_inputs(plan, start))
+            if ours:
+                kwargs[attention.ORDER_KWARG] = attention.own_keys_first(plan.allowed.to(self.device))
+        spread = None if plan.spread is None else torch.tensor(plan.spread, dtype=torch.long, device=self.device)
         with cache.spread(spread) if spread is not None else nullcontext():
             out = self.model(cache=cache.inner, use_cache=True, output_hidden_states=hidden, **kwargs)
         logits = out.logits[0]  # [rows, V]
         states = out.hidden_states[-1][0] if hidden else None
-        if slots != list(range(n + m)):  # back to node order: each node's first slot (a copy computes the same)
-            rows = [first[node] for node in range(n + m)]  # the cache's entries (slots) to keep, in node order
-            cache.select(start, rows)
-            picked = [row_of_slot[slot] for slot in rows]  # the output rows, in node order
-            if picked != list(range(n + m)):
-                index = torch.tensor(picked, device=self.device)
+        if plan.keep is not None:
+            cache.select(start, plan.keep)
+            if plan.picked != list(range(n + m)):
+                index = torch.tensor(plan.picked, device=self.device)
                 logits = logits.index_select(0, index)
                 states = None if states is None else states.index_select(0, index)
             else:  # plain decoding's padded pass lands here: a slice, no copy
                 logits = logits[: n + m]
                 states = None if states is None else states[: n + m]
-        tree_logits = logits[:n]
-        states = None if states is None else states[:n]
-        return ForwardOutput(
-            logits=tree_logits,
-            extra_logits=logits[n:] if m else None,
-            hidden=states,
-        )
+        return ForwardOutput(logits=logits[:n], extra_logits=logits[n:] if m else None,
+                             hidden=None if states is None else states[:n])
+
+    def _tree_inputs(self, plan: PassPlan, start: int) -> dict:
+        """Positions, the additive attention mask and cache positions of a tree pass (``plan.allowed``)."""
+        rows, total = len(plan.fed), len(plan.slots)
+        allowed = torch.ones(plan.allowed.shape[0], start + total, dtype=torch.bool, device=self.device)
+        allowed[:, start:] = plan.allowed.to(self.device)
+        mask = torch.zeros(1, 1, rows, start + total, dtype=self.dtype, device=self.device)  # additive
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return {"position_ids": torch.tensor([plan.positions], device=self.device), "attention_mask": mask,
+                "cache_position": torch.arange(start, start + rows, device=self.device)}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ module
 
 * measures, once per model, dtype, thread count and machine, how long one
   target forward pass takes for a draft of n nodes (plus the root), and caches
-  the profile as JSON under ``models.cache_dir() / "profiles"``
+  the profile as JSON under ``paths.profiles_dir()``
   (:func:`load_or_measure`, lazy: only a tree drafter asking for a budget
   triggers it; a couple of seconds for the embedded model);
 * chooses the node budget that maximises expected emitted tokens per second,
@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from .paths import profiles_dir
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +285,6 @@ def machine_is_quiet(device: torch.device | str = "cpu") -> bool:
     if torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
         return True
     return os.getloadavg()[0] <= (os.cpu_count() or 1) + 1.0
-
-
-def profiles_dir() -> Path:
-    from .models import cache_dir
-
-    return cache_dir() / "profiles"
 
 
 def load_or_measure(target, *, directory: Path | None = None, refresh: bool = False) -> LatencyProfile:

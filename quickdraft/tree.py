@@ -16,6 +16,7 @@ Example tree (root r with children a, b; a has child c)::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -344,3 +345,11 @@ def first_branch(parents: Sequence[int]) -> list[int]:
         node = kids[node][0]
         out.append(node)
     return out
+
+
+# How a pass lays out draft nodes so every row is computed as plain decoding computes it, by the product
+# kernel's way of adding a row's keys (quickdraft.exactness finds which holds on this machine):
+LAYOUTS = {
+    "pairs": exact_layout,  # keys added in aligned pairs (oneDNN's bfloat16 product on AVX-512 CPUs)
+    "interleaved4": partial(interleaved_layout, width=4),  # 4 interleaved partial sums (ATen's, AVX2 CPUs)
+}

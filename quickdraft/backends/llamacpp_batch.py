@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import QuickdraftError
-from .llamacpp import LlamaContext, LlamaCppTarget
+from .llamacpp_context import LlamaContext, check_key
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class LlamaSlots:
     several slots' roots and draft chains, ``keep`` keeps a slot's root and accepted tokens.
     """
 
-    def __init__(self, target: LlamaCppTarget, slots: int, *, context: int | None = None) -> None:
+    def __init__(self, target, slots: int, *, context: int | None = None) -> None:
         if slots < 1:
             raise QuickdraftError(f"a batch needs at least one slot, got {slots}")
         limit = (target.max_draft or 0) + 1
@@ -243,7 +243,7 @@ def check_batch(slots: LlamaSlots, *, seed: int = 0, steps: int = 12) -> BatchCh
     return BatchCheck(rows=rows, differ=differ)
 
 
-def _plain_run(target: LlamaCppTarget, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+def _plain_run(target, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
     """Greedy decoding alone, one row a pass: the tokens fed (the prompt's last first) and each pass's logits."""
     cache = target.new_cache()
     target.prefill(prompt[:-1], cache)
@@ -257,10 +257,9 @@ def _plain_run(target: LlamaCppTarget, prompt: list[int], steps: int) -> tuple[l
 
 
 def _check_path(slots: LlamaSlots) -> tuple[Path, dict]:
-    from ..profile import profiles_dir
-    from .llamacpp import _check_key
+    from ..paths import profiles_dir
 
-    key = {**_check_key(slots.target), "batch_version": CHECK_VERSION, "requests": min(slots.slots, 3)}
+    key = {**check_key(slots.target), "version": CHECK_VERSION, "requests": min(slots.slots, 3)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return profiles_dir() / f"llamacpp-batch-{slots.target.path.stem[:60]}-{digest}.json", key
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from ..errors import QuickdraftError
-from .llamacpp import LlamaContext
+from .llamacpp_context import LlamaContext
 
 
 class LlamaDraftCache:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runner import BASELINE, HF_PLD_NGRAM, HF_PLD_TOKENS, BenchSettings, merge_sources, write_atomic
+from .common import BASELINE, HF_PLD_NGRAM, HF_PLD_TOKENS, BenchSettings, merge_sources, write_atomic
 
 SPEEDUP_DEFINITION = (
     "speedup = mean over prompts of the method's tokens/s divided by the mean over the same prompts of ar's "
@@ -264,7 +264,13 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [render(m["categories"][c]) for c in cats] + [render(m["overall"])]
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     lines += _sources_tables(methods, cats)
-    lines += [
+    lines += _how_computed()
+    return "\n".join(lines) + "\n"
+
+
+def _how_computed() -> list[str]:
+    """report.md's closing section: the plots, and how every number is computed."""
+    return [
         "",
         "Plots: `speedup.png` (speedup per category, grouped by method), `accepted_hist.png` (how many draft "
         "tokens each target pass accepted).",
@@ -295,7 +301,6 @@ def markdown(results: dict[str, Any]) -> str:
         f"model's `generation_config`; they keep transformers' own SDPA attention (the engine may load the "
         f"model with its row-exact attention, see `quickdraft/attention.py`).",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _sources_tables(methods: dict[str, Any], cats: list[str]) -> list[str]:

@@ -35,7 +35,6 @@ import functools
 import json
 import logging
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -43,19 +42,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 
 from ..drafters import get_method, methods as registered_methods
 from ..errors import QuickdraftError
+from ..options import options_for, parse_options, render_value, split_variant
+from .common import BASELINE, HF_PLD_NGRAM, HF_PLD_TOKENS, BenchSettings, merge_sources, write_atomic
 from .generation import Generation
 from .llama_peers import LLAMA_PEERS, LlamaPeer
 from .suites import BenchPrompt, Suite
 
 log = logging.getLogger(__name__)
 
-BASELINE = "ar"
 
 # Peer baselines, run in the same process on the same model: transformers' own decoding, and
 # llama-cpp-python's beside the llama.cpp backend (bench/llama_peers.py).
@@ -65,8 +65,6 @@ PEERS: dict[str, str] = {
     "hf-assisted": "transformers assisted generation with --draft-model (transformers' default settings)",
     **LLAMA_PEERS,
 }
-HF_PLD_TOKENS = 10  # the same draft length and n-gram size as our `pld`, so the two compare like for like
-HF_PLD_NGRAM = 3
 
 RECORDS = "records.jsonl"
 MANIFEST = "run.json"
@@ -77,27 +75,7 @@ Message = dict[str, str]
 # ------------------------------------------------------------------ settings
 
 
-@dataclass(frozen=True)
-class BenchSettings:
-    """What every generation of a run shares."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    seed: int = 0
-    repeats: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise QuickdraftError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        t = self.temperature
-        if not isinstance(t, (int, float)) or not 0 <= t <= 100:
-            raise QuickdraftError(f"--temperature must be a number in [0, 100] (0 = greedy), got {t!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> list[str]:
@@ -121,7 +99,7 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
             continue
         base, variant = split_variant(name)
         if variant:  # one spelling per variant: keys sorted, values as they parse back
-            name = f"{base}[{','.join(f'{k}={_render(v)}' for k, v in sorted(variant.items()))}]"
+            name = f"{base}[{','.join(f'{k}={render_value(v)}' for k, v in sorted(variant.items()))}]"
         if name in out:
             continue
         if base in PEERS or base == BASELINE:
@@ -137,98 +115,6 @@ def resolve_methods(names: Sequence[str], *, draft_model: str | None = None) -> 
         if name == "hf-assisted" and not draft_model:
             raise QuickdraftError("hf-assisted needs --draft-model")
         out.append(name)
-    return out
-
-
-def split_variant(name: str) -> tuple[str, dict[str, Any]]:
-    """A method name and the options it carries in brackets: ``ngram[nodes=8,width=2]``.
-
-    Values are read as for ``--option`` (JSON where they parse, else strings); a
-    comma starts a new option only where ``key=`` follows, so a value may hold
-    commas (``swift[skip=4,6,8]``).
-
-    >>> split_variant("ngram[nodes=8, prior=none]")
-    ('ngram', {'nodes': 8, 'prior': 'none'})
-    >>> split_variant("auto[sources=pld-tree,ngram,max_nodes=16]")
-    ('auto', {'sources': 'pld-tree,ngram', 'max_nodes': 16})
-    >>> split_variant("pld+recycle")
-    ('pld+recycle', {})
-    """
-    name = name.strip()
-    if "[" not in name and "]" not in name:
-        return name, {}
-    base, bracket, rest = name.partition("[")
-    if not bracket or not rest.endswith("]") or "[" in rest[:-1] or "]" in rest[:-1] or not base.strip():
-        raise QuickdraftError(f"cannot read method {name!r}; a method's own options go in brackets: "
-                              f"ngram[nodes=8,width=2]")
-    options: dict[str, Any] = {}
-    for pair in filter(None, (p.strip() for p in _NEXT_OPTION.split(rest[:-1]))):
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise QuickdraftError(f"cannot read {pair!r} in method {name!r}; expected key=value")
-        options[key.strip()] = _value(raw.strip())
-    if not options:
-        raise QuickdraftError(f"method {name!r} has empty brackets; give options (ngram[nodes=8]) or none (ngram)")
-    return base.strip(), options
-
-
-_NEXT_OPTION = re.compile(r",(?=\s*[A-Za-z_][\w-]*\s*=)")  # a comma followed by key=
-
-
-def split_methods(text: str) -> list[str]:
-    """``--methods``: names separated by commas, except inside a variant's brackets.
-
-    >>> split_methods("pld, ngram[nodes=8,width=2],auto")
-    ['pld', 'ngram[nodes=8,width=2]', 'auto']
-    """
-    out, depth, current = [], 0, []
-    for char in text:
-        depth += (char == "[") - (char == "]")
-        if char == "," and depth <= 0:
-            out.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    out.append("".join(current).strip())
-    return [name for name in out if name]
-
-
-def _value(raw: str) -> Any:
-    """An option's value: JSON where it parses (numbers, true/false, null), else the string."""
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _render(value: Any) -> str:
-    """An option's value as :func:`_value` reads it back (a string that would read as another type is quoted).
-
-    >>> [_render(v) for v in ("none", "2", 2, True)]
-    ['none', '"2"', '2', 'true']
-    """
-    if isinstance(value, str) and _value(value) == value:
-        return value
-    return json.dumps(value)
-
-
-def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``--option`` values: ``key=value`` for every method, ``method.key=value`` for one method.
-
-    Values are read as JSON where they parse (numbers, true/false, null) and as
-    strings otherwise. Returns ``{"": {shared}, "method": {...}}``.
-
-    >>> parse_options(["k=8", "pld.max_n=4", "datastore=/tmp/ds"])
-    {'': {'k': 8, 'datastore': '/tmp/ds'}, 'pld': {'max_n': 4}}
-    """
-    out: dict[str, dict[str, Any]] = {"": {}}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        method, dot, name = key.rpartition(".")
-        if not sep or not name or (dot and not method):
-            raise QuickdraftError(f"--option expects key=value or method.key=value, got {pair!r}")
-        out.setdefault(method, {})[name] = _value(raw)
     return out
 
 
@@ -260,9 +146,7 @@ def check_method_options(names: Sequence[str], options: dict[str, dict[str, Any]
         seen[key] = name
 
 
-def options_for(method: str, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Shared options overlaid with the method's own (the method's win)."""
-    return {**options.get("", {}), **options.get(method, {})}
+
 
 
 # ------------------------------------------------------------------ backends
@@ -618,19 +502,7 @@ def make_record(repeat: int, prompt: BenchPrompt, method: str, turns: list[dict[
     }
 
 
-def merge_sources(parts) -> dict[str, dict[str, int]] | None:
-    """Sum per-source counters (``Stats.sources``) over turns or records; None when none has any.
 
-    >>> merge_sources([{"pld": {"chosen": 2, "accepted": 5}}, None, {"pld": {"chosen": 1, "accepted": 0}}])
-    {'pld': {'chosen': 3, 'accepted': 5}}
-    """
-    out: dict[str, dict[str, int]] = {}
-    for part in parts:
-        for name, row in (part or {}).items():
-            mine = out.setdefault(name, {})
-            for key, value in row.items():
-                mine[key] = mine.get(key, 0) + value
-    return out or None
 
 
 # ------------------------------------------------------------------ a whole run
@@ -787,11 +659,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing (a reader never sees half of it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+
 
 
 def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | None = None,
@@ -801,7 +669,6 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
     ``engine``/``backends`` may be given (tests, or a caller that already holds
     a model); otherwise they are built from the config.
     """
-    from . import report
 
     config, suite = prepared.config, prepared.suite
     if engine is None:

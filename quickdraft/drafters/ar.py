@@ -4,6 +4,6 @@ from .base import Drafter
 from .registry import BuildContext, register
 
 
-@register("ar", lossless=True, description="plain autoregressive decoding (the baseline: one target pass per token)")
+@register("ar", order=0, description="plain autoregressive decoding (the baseline: one target pass per token)")
 def build(ctx: BuildContext) -> Drafter:
     return Drafter()

@@ -10,7 +10,7 @@ own phrasing repeats, and on open-ended text drafting may not pay at all.
    lookup-style sources: a long match means the text is being copied. Other
    sources keep their statistics apart by whether their last draft's first
    token was right.
-2. *Ask.* Sources (registered drafters, :data:`SOURCES`) are ranked by what
+2. *Ask.* Sources (registered drafters that declare a :class:`~.registry.SourceSpec`) are ranked by what
    each added lately over the ones ranked before it (a plain step for the
    first), its drafting time included; a source is asked for a draft tree
    while that gain exceeds ``1 + margin``, or when its turn to be re-checked
@@ -74,70 +74,13 @@ from ..selection import (
 from ..tree import children
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .combine import merge_drafts, part_view
-from .registry import BuildContext, get_method, register
+from .registry import BuildContext, SourceSpec, get_method, register, sources
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("draft_model", "datastore", "adapter", "prior")  # user inputs passed on to the sources that use them
 
 
-@dataclass(frozen=True)
-class SourceSpec:
-    """How auto uses one registered drafter.
-
-    options: build options for it (auto passes ``nodes`` too when ``sized``).
-    learns: it learns from every verification pass, so it proposes (with
-        ``nodes=0`` when not asked) and observes every step. A source that
-        does not learn observes only a step that verified exactly its draft.
-    sees_all: when it observes, it is shown the whole verified tree (it can
-        learn from any node); else its own verified nodes and the accepted
-        path, as in a combined method (cheaper: fewer logits rows to read).
-    signal: its statistics are split by the prompt-lookup match length.
-    sized: it honours ``DraftContext.nodes``.
-    primes: it drafts from the previous step's outcome (heads: guesses
-        from the last accepted hidden states), and observing is its costly part. It
-        observes a step only when it will be asked at the next one (that
-        time counts as its drafting time); otherwise it is reset.
-    needs: a user option without which it is left out by default
-        (``sources``: only when listed there; ``adapter``: given, or shipped
-        for the model when ``shipped``; left out quietly when there is none).
-    shipped: (needs ``adapter``) the adapter shipped for the model will do.
-    """
-
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-    learns: bool = False
-    sees_all: bool = False
-    signal: bool = False
-    sized: bool = True
-    primes: bool = False
-    needs: str | None = None
-    shipped: bool = True
-
-
-SOURCES: dict[str, SourceSpec] = {
-    spec.method: spec for spec in (
-        SourceSpec("pld-tree", {"k": 24, "limit": 8}, signal=True),
-        SourceSpec("recycle", learns=True, sees_all=True),
-        SourceSpec("ngram", learns=True),
-        SourceSpec("lookahead", learns=True, needs="sources"),  # opt-in: its window advances only when verified
-        # rest: with a datastore given (not the shipped one by default: the model's own answers are in
-        # ngram's prior already; measured, auto 1.580x with it as a source too, 1.555x without: noise)
-        SourceSpec("rest", needs="datastore"),
-        SourceSpec("draft", sized=False, needs="draft_model"),
-        # heads: with an adapter given (measured, the shipped one next to eagle's cost auto 6% here)
-        SourceSpec("heads", sees_all=True, primes=True, needs="adapter", shipped=False),
-        # eagle keeps up lazily (it stores the verified features; its layer runs only when asked)
-        SourceSpec("eagle", learns=True, sees_all=True, needs="adapter"),
-        SourceSpec("swift", sized=False, needs="sources"),  # opt-in: self-speculation costs much of a pass
-        SourceSpec("early-exit", sized=False, needs="sources"),
-    )
-}
-DEFAULT_SOURCES = ("pld-tree", "recycle", "ngram")
-# On a backend that verifies chains at a high price per row (llama.cpp on a CPU), sources that learn every step
-# cost more than they add: the builtin suite, llama.cpp, SmolLM2 Q4_1, 2 prompts per category, one run
-# (docs/llamacpp.md): auto 0.93x plain with the three, 0.98x with pld-tree and ngram, 0.99x with pld-tree.
-CHAIN_SOURCES = ("pld-tree",)
 GAIN_RATE = 0.2  # how fast a source's recent usefulness follows its drafts
 MIN_ASK = 8  # nodes a source is asked for at least
 
@@ -566,28 +509,29 @@ def _parents(draft: Draft) -> tuple[int, ...]:
 def source_names(options: dict[str, Any], device: str = "cpu", *, chains: bool = False) -> tuple[list[str], bool]:
     """The sources to use and whether the user listed them (then every one must build).
 
-    On a GPU ``eagle`` is not a default source: its layer's passes cost more
-    there than its guesses add (H100, embedded model, float32, the builtin
-    suite's 7 first prompts: auto 72 tok/s with it, 82 without, ngram alone 84;
-    on this project's CPU auto with it is level with ngram). Listed in
-    ``sources``, it is used anywhere. chains: the target verifies chains only (llama.cpp on the CPUs
-    measured): :data:`CHAIN_SOURCES` replace :data:`DEFAULT_SOURCES`.
+    Unasked, the registered methods that declare themselves default sources for this kind of target
+    (:class:`~.registry.SourceSpec`: ``default`` has ``trees``, or ``chains`` where the target verifies
+    chains only, as llama.cpp on the CPUs measured), plus those whose needed input was given or whose
+    adapter may be shipped; none that avoids this device kind. Listed in ``sources``, any is used.
     """
+    known = sources()
     raw = options.get("sources")
     if raw is None:
-        names = list(CHAIN_SOURCES if chains else DEFAULT_SOURCES)
-        gpu = torch.device(device).type != "cpu"
-        for name, spec in SOURCES.items():  # an adapter may be shipped for the model: tried, left out if none
-            if name == "eagle" and gpu:
+        kind = "chains" if chains else "trees"
+        device_kind = "cpu" if torch.device(device).type == "cpu" else "gpu"
+        names = []
+        for name, spec in known.items():  # an adapter may be shipped for the model: tried, left out if none
+            if device_kind in spec.avoid:
                 continue
-            if (spec.needs in INPUTS and options.get(spec.needs)) or (spec.needs == "adapter" and spec.shipped):
+            if kind in spec.default or (spec.needs in INPUTS and options.get(spec.needs)) or \
+                    (spec.needs == "adapter" and spec.shipped):
                 names.append(name)
         return names, False
     names = [n.strip() for n in (raw.split(",") if isinstance(raw, str) else raw) if str(n).strip()]
-    unknown = [n for n in names if n not in SOURCES]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise QuickdraftError(f"auto: unknown source {unknown[0] if unknown else '(none given)'!r}; "
-                              f"available: {', '.join(SOURCES)}")
+                              f"available: {', '.join(known)}")
     if len(set(names)) != len(names):
         raise QuickdraftError(f"auto: a source is listed twice in {raw!r}")
     return names, True
@@ -617,7 +561,7 @@ def latency_prior(target) -> tuple[Callable[..., float], bool]:
     return (lambda n: base * (1 + math.log2(1 + n) / 4)), False
 
 
-@register("auto", lossless=True,
+@register("auto", order=13,
           description="picks drafters and draft/tree size every step by expected speed; plain steps when nothing pays")
 def build(ctx: BuildContext) -> Drafter:
     options = ctx.options
@@ -630,7 +574,7 @@ def build(ctx: BuildContext) -> Drafter:
     built = []
     capabilities = getattr(ctx.target, "capabilities", None)
     for name in names:
-        spec = SOURCES[name]
+        spec = sources()[name]
         if not explicit and capabilities is not None and not get_method(name).runs_on(capabilities):
             continue  # not on this backend (a source the user lists is built, and fails with the reason)
         sub = {**inputs, **spec.options, **({"nodes": max_nodes} if spec.sized else {})}
@@ -651,4 +595,4 @@ def build(ctx: BuildContext) -> Drafter:
                 chains=chains)
 
 
-__all__ = ["Auto", "DEFAULT_SOURCES", "SOURCES", "Source", "SourceSpec", "source_names"]
+__all__ = ["Auto", "Source", "SourceSpec", "source_names"]

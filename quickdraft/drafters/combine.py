@@ -166,6 +166,37 @@ def part_view(outcome: StepOutcome, draft: Draft, node_of: list[int], extras: li
                    target_argmax=None if best is None else tuple(best[r] for r in rows))
 
 
+def surviving_nodes(proposed: Draft, verified: Draft) -> dict[int, int]:
+    """Node of ``verified`` (a cut of ``proposed``: fewer nodes, maybe renumbered) behind each node of
+    ``proposed`` that survived the cut, matched by the tokens on the way from the root; 0 is the root.
+
+    >>> tree = Draft(tokens=(5, 6, 7), parents=(0, 1, 0))
+    >>> surviving_nodes(tree, Draft(tokens=(5, 6)))   # its first branch, as a chain
+    {0: 0, 1: 1, 2: 2}
+    >>> surviving_nodes(tree, Draft(tokens=(5, 7), parents=(0, 0)))   # depth 1 only
+    {0: 0, 1: 1, 3: 2}
+    """
+    def keys(draft: Draft) -> dict[tuple[int, ...], int]:
+        parents = draft.parents if draft.parents is not None else tuple(range(len(draft)))
+        path: list[tuple[int, ...]] = [()]
+        for token, parent in zip(draft.tokens, parents):
+            path.append(path[parent] + (int(token),))
+        return {key: node for node, key in enumerate(path)}
+
+    kept = keys(verified)
+    return {node: kept[key] for key, node in keys(proposed).items() if key in kept}
+
+
+def _mapped_prefix(node_of: list[int], remap: dict[int, int]) -> list[int]:
+    """A part's node map after a cut: its first nodes whose merged nodes survived, renumbered."""
+    out = []
+    for merged in node_of:
+        if merged not in remap:
+            break
+        out.append(remap[merged])
+    return out
+
+
 def _kept_extras(draft: Draft, node_of: list[int]) -> list[int]:
     """The part's extras that :func:`attach_extras` kept: their anchors were placed."""
     k, kept = len(draft), []
@@ -194,6 +225,7 @@ class Combined(Drafter):
         self.nodes = nodes if nodes is not None or budget is not None else default_nodes
         self.budget = budget if nodes is None else None
         self._pending: list[tuple[Draft, list[int], list[int]]] | None = None
+        self._merged: Draft | None = None
         self._used = 0
 
     @property
@@ -218,6 +250,7 @@ class Combined(Drafter):
         merged, maps = merge_drafts(drafts, size)
         merged, extras = attach_extras(merged, drafts, maps)
         self._pending = list(zip(drafts, maps, extras))
+        self._merged = merged
         return merged
 
     def observe_prompt(self, tokens, hidden) -> None:
@@ -227,7 +260,11 @@ class Combined(Drafter):
     def observe(self, outcome: StepOutcome) -> None:
         if self._pending is None:
             return
-        for (_, drafter), (draft, node_of, extras) in zip(self.parts, self._pending):
+        pending = self._pending
+        if outcome.draft is not self._merged:  # the engine cut the tree (room left, a pass's row limit, its best chain)
+            remap = surviving_nodes(self._merged, outcome.draft)
+            pending = [(draft, _mapped_prefix(node_of, remap), extras) for draft, node_of, extras in pending]
+        for (_, drafter), (draft, node_of, extras) in zip(self.parts, pending):
             drafter.observe(part_view(outcome, draft, node_of, extras))
         if self.budget is not None and len(outcome.draft):
             self.budget.record(self._used, outcome.path)
@@ -235,5 +272,6 @@ class Combined(Drafter):
 
     def reset(self) -> None:
         self._pending = None
+        self._merged = None
         for _, drafter in self.parts:
             drafter.reset()

@@ -108,13 +108,13 @@ class DraftModelDrafter(ModelDrafter):
     """A :class:`ModelDrafter` over a separate draft model (kept for ``isinstance`` checks and repr)."""
 
 
-@register("draft", lossless=True,
+@register("draft", order=7, source={"sized": False, "needs": "draft_model"},
           description="a separate small draft model (--draft-model): chains of adaptive length")
 def build(ctx: BuildContext) -> Drafter:
     return build_draft(ctx, tree=False)
 
 
-@register("draft-tree", lossless=True,
+@register("draft-tree", order=7.5,
           description="a separate small draft model (--draft-model): dynamic trees (EAGLE-2 style)")
 def build_tree(ctx: BuildContext) -> Drafter:
     return build_draft(ctx, tree=True)

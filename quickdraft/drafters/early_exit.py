@@ -32,7 +32,7 @@ def exit_candidates(total: int) -> list[int]:
     return sorted({min(max(1, e), total - 1) for e in raw})
 
 
-@register("early-exit", lossless=True,
+@register("early-exit", order=9, source={"sized": False, "needs": "sources"},
           needs=("layers",), description="self-speculation: draft from an early layer through the model's own norm and LM head")
 def build(ctx: BuildContext) -> Drafter:
     model = ctx.target.model

@@ -230,7 +230,8 @@ class LookaheadDrafter(Drafter):
         self._window = next_window(best, len(outcome.tokens), self.width, self._pad(self.width))
 
 
-@register("lookahead", lossless=True,
+@register("lookahead", order=5,
+          source={"learns": True, "needs": "sources"},  # opt-in: its window advances only when verified
           description="lookahead decoding: a Jacobi window refined in the verify pass feeds an n-gram pool")
 def build(ctx: BuildContext) -> Drafter:
     return LookaheadDrafter(**ctx.pick("window", "ngram", "candidates", "nodes", "from_context", "max_keys", "seed"))

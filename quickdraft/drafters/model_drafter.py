@@ -328,16 +328,7 @@ class ModelDrafter(Drafter):
                 break
             # One draft pass over the nodes to expand, each seeing the committed
             # tokens and its own ancestors (already fed in earlier passes).
-            start = len(self.session)
-            allowed = torch.zeros(len(expand), start + len(expand), dtype=torch.bool)
-            allowed[:, :committed] = True
-            for row, node in enumerate(expand):
-                p = parents[node - 1]
-                while p:
-                    allowed[row, slot[p]] = True
-                    p = parents[p - 1]
-                allowed[row, start + row] = True
-                slot[node] = start + row
+            allowed = expansion_mask(expand, parents, slot, committed=committed, start=len(self.session))
             ids = self._draft_ids(np.array([tokens[n - 1] for n in expand])).tolist()
             positions = [committed - 1 + depth] * len(expand)
             logits = self.session.extend_tree(ids, positions, allowed)  # [m, V_draft]
@@ -369,6 +360,30 @@ class ModelDrafter(Drafter):
             if parent in reached:
                 self._model(rank).update(conf, node in accepted)
 
+
+
+def expansion_mask(expand: list[int], parents: list[int], slot: dict[int, int], *, committed: int,
+                   start: int) -> torch.Tensor:
+    """[rows, start + rows] which draft-cache entries each expanded node's row sees: the committed tokens, its
+    ancestors (at their ``slot``), itself (at ``start + row``, recorded in ``slot``). Nodes are 1-based;
+    ``parents[node - 1]`` is a node's parent (0: the root).
+
+    >>> slot = {1: 5}
+    >>> expansion_mask([2, 3], [0, 1, 0], slot, committed=4, start=6).int().tolist()
+    [[1, 1, 1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 1]]
+    >>> slot
+    {1: 5, 2: 6, 3: 7}
+    """
+    allowed = torch.zeros(len(expand), start + len(expand), dtype=torch.bool)
+    allowed[:, :committed] = True
+    for row, node in enumerate(expand):
+        p = parents[node - 1]
+        while p:
+            allowed[row, slot[p]] = True
+            p = parents[p - 1]
+        allowed[row, start + row] = True
+        slot[node] = start + row
+    return allowed
 
 __all__ = ["Backoff", "ModelDrafter", "TreeShape", "VocabMap", "causal_allowed", "draft_distribution",
            "select_tree"]

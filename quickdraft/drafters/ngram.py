@@ -336,7 +336,7 @@ class NgramDrafter(Drafter):
                 self.table.add(context, best[node], self.target_weight)
 
 
-@register("ngram", lossless=True,
+@register("ngram", order=4, source={"learns": True, "default": ("trees",)},
           description="adaptive n-grams (ADED-style): bigram to 4-gram stats of the model's outputs (from a prior of its "
                       "own answers where one is shipped), drafted as a tree")
 def build(ctx: BuildContext) -> Drafter:

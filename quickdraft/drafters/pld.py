@@ -60,6 +60,6 @@ class PromptLookup(Drafter):
         return Draft(tokens=tuple(int(t) for t in found))
 
 
-@register("pld", lossless=True, description="prompt lookup: copy what followed the last matching n-gram of the context")
+@register("pld", order=1, description="prompt lookup: copy what followed the last matching n-gram of the context")
 def build(ctx: BuildContext) -> Drafter:
     return PromptLookup(**ctx.pick("min_n", "max_n", "k"))

@@ -96,7 +96,8 @@ class PromptLookupTree(Drafter):
             self.budget.record(self._used, outcome.path)
 
 
-@register("pld-tree", lossless=True,
+@register("pld-tree", order=2,
+          source={"options": {"k": 24, "limit": 8}, "signal": True, "default": ("trees", "chains")},
           description="prompt lookup as a tree: distinct continuations of matching n-grams merged into one trie")
 def build(ctx: BuildContext) -> Drafter:
     opts = ctx.pick("min_n", "max_n", "k", "limit", "nodes")

@@ -143,7 +143,7 @@ def build_ppd(target, options: dict[str, Any]) -> ParallelPromptDrafter:
     return ParallelPromptDrafter(embeds, budget=budget, **picked)
 
 
-@register("ppd", lossless=True,
+@register("ppd", order=10,
           needs=("embeddings",), description="parallel prompt decoding: trained prompt tokens guess the next tokens inside the verify pass")
 def build(ctx: BuildContext) -> Drafter:
     return build_ppd(ctx.target, ctx.options)

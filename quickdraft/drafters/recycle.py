@@ -257,7 +257,7 @@ class TokenRecycling(Drafter):
         self._root = None  # the matrix and the budget statistics carry over to the next request
 
 
-@register("recycle", lossless=True,
+@register("recycle", order=3, source={"learns": True, "sees_all": True, "default": ("trees",)},
           description="token recycling: a tree from a [V, 8] matrix of the target's own earlier top-8 guesses")
 def build(ctx: BuildContext) -> Drafter:
     opts = ctx.pick("topk", "nodes", "max_depth", "adapt")

@@ -86,15 +86,56 @@ def build_drafter(method: str, target: Any, options: Mapping[str, Any] | None = 
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """How ``auto`` uses a method as one of its sources (declared by the method when it registers).
+
+    learns: it learns from every step, so it observes every step (else only
+    the steps it drafted for).
+    sees_all: it can use the whole verified tree (so it observes even the
+    steps it drafted nothing for).
+    signal: its statistics are split by the prompt-lookup match length.
+    sized: it honours ``DraftContext.nodes``.
+    primes: it drafts from the previous step's outcome (heads: guesses
+        from the last accepted hidden states), and observing is its costly part. It
+        observes a step only when it will be asked at the next one (that
+        time counts as its drafting time); otherwise it is reset.
+    needs: a user option without which it is left out by default
+        (``sources``: only when listed there; ``adapter``: given, or shipped
+        for the model when ``shipped``; left out quietly when there is none).
+    shipped: (needs ``adapter``) the adapter shipped for the model will do.
+    default: the targets on which auto uses it unasked: ``trees`` (a backend that verifies whole trees),
+        ``chains`` (one that verifies chains only).
+    avoid: the device kinds (``gpu``, ``cpu``) on which it is never a default source.
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    learns: bool = False
+    sees_all: bool = False
+    signal: bool = False
+    sized: bool = True
+    primes: bool = False
+    needs: str | None = None
+    shipped: bool = True
+    default: frozenset[str] = frozenset()
+    avoid: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A registered method. needs: what it takes from the target's backend besides logits
-    (:data:`quickdraft.backends.CAPABILITIES`: ``hidden``, ``layers``, ``embeddings``)."""
+    (:data:`quickdraft.backends.CAPABILITIES`: ``hidden``, ``layers``, ``embeddings``). lossless: its output
+    is plain decoding's (greedy) or the model's distribution (sampling); a lossy method says so, is labelled,
+    and is never a default. source: how ``auto`` may use it (None: never). order: where ``quickdraft
+    methods`` lists it."""
 
     name: str
-    lossless: bool
     description: str
     build: Callable[[BuildContext], Drafter]
     needs: frozenset[str] = frozenset()
+    lossless: bool = True
+    source: SourceSpec | None = None
+    order: float = 100.0
 
     def runs_on(self, capabilities: Collection[str]) -> bool:
         """Whether a backend with these capabilities can run it."""
@@ -104,25 +145,38 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, lossless: bool, description: str, needs: Collection[str] = ()) -> Callable:
-    """Decorator registering a drafter factory under ``name``; ``needs``: see :class:`MethodSpec`."""
+def register(name: str, *, description: str, needs: Collection[str] = (), lossless: bool = True,
+             source: Mapping[str, Any] | None = None, order: float = 100.0) -> Callable:
+    """Decorator registering a drafter factory under ``name``; the rest: see :class:`MethodSpec`
+    (``source``: :class:`SourceSpec` fields but ``method``)."""
     unknown = set(needs) - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"method {name!r} needs unknown capabilities {sorted(unknown)}")
+    role = None
+    if source is not None:
+        fields = dict(source)
+        for key in ("default", "avoid"):
+            fields[key] = frozenset(fields.get(key, ()))
+        role = SourceSpec(name, **fields)
 
     def wrap(build: Callable[[BuildContext], Drafter]) -> Callable[[BuildContext], Drafter]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name=name, lossless=lossless, description=description, build=build,
-                                     needs=frozenset(needs))
+        _REGISTRY[name] = MethodSpec(name=name, description=description, build=build, needs=frozenset(needs),
+                                     lossless=lossless, source=role, order=order)
         return build
 
     return wrap
 
 
 def methods() -> list[MethodSpec]:
-    """Every registered method, in registration order."""
-    return list(_REGISTRY.values())
+    """Every registered method, in listing order (``order``, then registration)."""
+    return sorted(_REGISTRY.values(), key=lambda spec: spec.order)
+
+
+def sources() -> dict[str, SourceSpec]:
+    """The methods ``auto`` may use as sources, by name, in listing order."""
+    return {spec.name: spec.source for spec in methods() if spec.source is not None}
 
 
 def get_method(name: str) -> MethodSpec:

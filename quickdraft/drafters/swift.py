@@ -43,7 +43,8 @@ def swift_candidates(total: int) -> list[tuple[int, ...]]:
     return out
 
 
-@register("swift", lossless=True,
+@register("swift", order=8,
+          source={"sized": False, "needs": "sources"},  # opt-in: self-speculation costs much of a pass
           needs=("layers",), description="self-speculation: the model drafts with some layers skipped, chosen by measured acceptance")
 def build(ctx: BuildContext) -> Drafter:
     model = ctx.target.model

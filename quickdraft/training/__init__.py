@@ -185,7 +185,7 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     raises interrupts the run, which saves a checkpoint first).
     """
     from ..engine import load
-    from ..models import cache_dir
+    from ..paths import cache_dir
 
     config = TrainConfig(kind=kind, steps=steps, data=data, **hparams)
     if minutes is not None and minutes <= 0:
@@ -209,51 +209,19 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
     optimizer = torch.optim.AdamW(objective.parameters(), lr=config.learning_rate, weight_decay=0.0)
 
     ckpt = checkpoint_path(out)
-    step, train_s, losses = 0, 0.0, []
-    start = None  # an --init adapter to continue, and what it was trained with
-    if config.init is not None:
-        start = read_adapter(config.init)
-        if start.kind != kind or start.model_sha256 != sha or start.hparams != objective.hparams:
-            raise QuickdraftError(f"--init {config.init}: a {start.kind} adapter for {start.model} with "
-                                  f"{start.hparams}, not a {kind} adapter for {target.name} with {objective.hparams}")
-    if ckpt.is_file() and not fresh:
-        step, train_s, losses = load_checkpoint(ckpt, objective, optimizer, config, sha)
-        log.info("resuming from %s at step %d", ckpt, step)
-    elif start is not None:
-        objective.load_tensors({k: v.float() for k, v in start.tensors.items()})
-        log.info("starting from %s", config.init)
+    start, (step, train_s, losses) = _restore(config, objective, optimizer, ckpt, fresh=fresh, sha=sha,
+                                              name=target.name)
     resumed_from = step
     log.info("training %s on %d sequences (%d tokens), %d held out; %d parameters",
              kind, len(trainable), dataset.tokens + sum(len(s.ids) for s in extra), len(dataset.held_out),
              sum(p.numel() for p in objective.parameters()))
 
-    deadline = None if minutes is None else minutes * 60.0
-    bar = _Progress(total=config.steps, start=step, enabled=progress)
-    last_save = step
-    try:
-        while step < config.steps and (deadline is None or train_s < deadline):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-            loss = objective.loss(sample_batch(config, trainable, objective.depth, step))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            train_s += time.perf_counter() - t0
-            losses.append(float(loss.detach()))
-            bar.update(step, losses, train_s)
-            if step - last_save >= checkpoint_every:
-                save_checkpoint(ckpt, objective, optimizer, step=step, train_s=train_s, losses=losses,
-                                config=config, model=target.name, sha=sha)
-                last_save = step
-            if on_step is not None:
-                on_step(step)
-    finally:
-        bar.close()
-        if step > last_save:
-            save_checkpoint(ckpt, objective, optimizer, step=step, train_s=train_s, losses=losses,
-                            config=config, model=target.name, sha=sha)
+    step, train_s = _optimize(config, objective, optimizer, trainable, step=step, train_s=train_s, losses=losses,
+                              deadline=None if minutes is None else minutes * 60.0, progress=progress,
+                              save=lambda step, train_s: save_checkpoint(
+                                  ckpt, objective, optimizer, step=step, train_s=train_s, losses=losses, config=config,
+                                  model=target.name, sha=sha),
+                              checkpoint_every=checkpoint_every, on_step=on_step)
 
     accuracy = evaluate(objective, dataset.held_out)
     window = max(1, min(20, len(losses) // 4))
@@ -272,6 +240,59 @@ def train(*, kind: str, model: str, out: str | Path, data: str = "builtin", step
                               tensors={k: _stored(kind, v) for k, v in objective.tensors().items()}, info=info))
     ckpt.unlink(missing_ok=True)
     return report
+
+
+def _restore(config: TrainConfig, objective, optimizer, ckpt: Path, *, fresh: bool, sha: str,
+             name: str) -> tuple[Adapter | None, tuple[int, float, list[float]]]:
+    """The ``--init`` adapter (checked against the run), and where training starts: a checkpoint's step,
+    time and losses (unless ``fresh``), else the init adapter's weights, else nothing."""
+    start = None
+    if config.init is not None:
+        start = read_adapter(config.init)
+        if start.kind != config.kind or start.model_sha256 != sha or start.hparams != objective.hparams:
+            raise QuickdraftError(f"--init {config.init}: a {start.kind} adapter for {start.model} with "
+                                  f"{start.hparams}, not a {config.kind} adapter for {name} with {objective.hparams}")
+    if ckpt.is_file() and not fresh:
+        state = load_checkpoint(ckpt, objective, optimizer, config, sha)
+        log.info("resuming from %s at step %d", ckpt, state[0])
+        return start, state
+    if start is not None:
+        objective.load_tensors({k: v.float() for k, v in start.tensors.items()})
+        log.info("starting from %s", config.init)
+    return start, (0, 0.0, [])
+
+
+def _optimize(config: TrainConfig, objective, optimizer, trainable, *, step: int, train_s: float,
+              losses: list[float], deadline: float | None, progress: bool | None,
+              save: Callable[[int, float], None], checkpoint_every: int,
+              on_step: Callable[[int], None] | None) -> tuple[int, float]:
+    """The optimizer steps (appending to ``losses``), a checkpoint every ``checkpoint_every`` steps and at the
+    end, however the loop ends; returns the step count and the training seconds."""
+    bar = _Progress(total=config.steps, start=step, enabled=progress)
+    last_save = step
+    try:
+        while step < config.steps and (deadline is None or train_s < deadline):
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+            loss = objective.loss(sample_batch(config, trainable, objective.depth, step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            train_s += time.perf_counter() - t0
+            losses.append(float(loss.detach()))
+            bar.update(step, losses, train_s)
+            if step - last_save >= checkpoint_every:
+                save(step, train_s)
+                last_save = step
+            if on_step is not None:
+                on_step(step)
+    finally:
+        bar.close()
+        if step > last_save:
+            save(step, train_s)
+    return step, train_s
 
 
 def _stored(kind: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 import pytest
 
 from quickdraft.bench.report import RunInfo, aggregate, markdown, summary_table, write_all
-from quickdraft.bench.runner import BenchSettings, parse_options
+from quickdraft.bench.common import BenchSettings
+from quickdraft.options import parse_options
 from quickdraft import QuickdraftError
 
 

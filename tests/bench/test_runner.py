@@ -9,8 +9,8 @@ import pytest
 
 from quickdraft import QuickdraftError
 from quickdraft.bench import BenchConfig, BenchSettings, prepare, run_bench
-from quickdraft.bench.runner import (EngineMethod, RecordLog, Runner, build_backends, parse_options, resolve_methods,
-                                    split_methods)
+from quickdraft.bench.runner import EngineMethod, RecordLog, Runner, build_backends, resolve_methods
+from quickdraft.options import parse_options, split_methods
 from quickdraft.bench.suites import load_suite
 
 

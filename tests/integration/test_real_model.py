@@ -54,7 +54,7 @@ def assert_method_equals_plain(engine, plain: dict, method: str, options: dict |
     assert drafted > 0 and accepted > 0, f"{method} never drafted or never had a draft accepted"
 
 
-@pytest.mark.parametrize("method", [m.name for m in methods() if m.lossless and m.name != "ar"] + COMBINED)
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.name != "ar"] + COMBINED)
 def test_method_equals_plain_greedy_on_the_real_model(real_engine, real_method_options, plain_results, method):
     assert_method_equals_plain(real_engine, plain_results, method, real_method_options.get(method))
 

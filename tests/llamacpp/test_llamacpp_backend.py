@@ -47,7 +47,7 @@ def test_rows_are_checked_on_this_machine(llama_engine):
     assert llama_engine.target.exact, f"llama.cpp rows differ from plain decoding here: {check}"
 
 
-LLAMA_METHODS = [m.name for m in methods() if m.lossless and m.name not in ("ar", "draft-tree")
+LLAMA_METHODS = [m.name for m in methods() if m.name not in ("ar", "draft-tree")
                  and m.runs_on({"logits"})]
 
 

@@ -72,9 +72,9 @@ def test_the_attention_check_tells_layouts_apart(tiny_bf16_engine):
     from quickdraft import models
     from quickdraft.exactness import check_attention
 
-    as_is = {"node-order": lambda parents, start: (list(range(len(parents) + 1)), tuple(parents))}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "LAYOUTS", {**models.LAYOUTS, **as_is})
+        patch.setitem(models.LAYOUTS, "node-order", lambda parents, start: (list(range(len(parents) + 1)),
+                                                                            tuple(parents)))
         check = check_attention("node-order")
     assert check.rows > 100 and check.differ > 0
     for other in set(models.LAYOUTS) - {tiny_bf16_engine.target.layout}:

@@ -116,3 +116,32 @@ def test_interleaved_layout_without_branches_or_moved_keys_is_the_chain_itself()
     assert interleaved_layout((0, 1), 10) == ([0, 1, 2, -1, -1, -1], (0, 1, -1, -1, -1))
     # and the kernel model does tell layouts apart: node order would add a moved key in the wrong sum
     assert interleaved_sums([9], 11) == [[0], [], [], []] != interleaved_sums([9], 16)
+
+
+def test_pass_plans_chains_trees_padding_and_spread_copies():
+    """plan_pass (the layout of a transformers pass, pure): a chain is fed as is; a tree gets depths as
+    positions and its ancestor mask; a padded plain step a second, ignored row; a layout with copies feeds each
+    node once, spreads the copies' keys, and maps rows and cache entries back to node order."""
+    import torch
+
+    from quickdraft.passplan import plan_pass
+    from quickdraft.tree import LAYOUTS, ancestor_mask, depths
+
+    chain = plan_pass(4, 0, None, start=7)
+    assert chain.fed == [0, 1, 2, 3] and chain.allowed is None and chain.keep is None and chain.spread is None
+    tree = (0, 0, 1, 1)
+    plan = plan_pass(5, 0, tree, start=7)
+    assert plan.positions == [7 + d for d in depths(tree)] and torch.equal(plan.allowed, ancestor_mask(tree))
+    padded = plan_pass(1, 0, None, start=3, pad_single=True)
+    assert padded.slots == [0, -1] and padded.keep == [0] and padded.picked == [0] and padded.allowed is None
+    wide = (0, 0, 0, 1, 1, 2, 3, 3)
+    for name in LAYOUTS:
+        slots, _ = LAYOUTS[name](wide, 100)
+        copied = plan_pass(9, 0, wide, start=100, pad_single=True, layout=name, can_spread=True)
+        assert copied.slots == slots and len(copied.fed) == len(set(slots))  # each node (and padding) fed once
+        assert [copied.slots[copied.fed[row]] for row in copied.picked] == list(range(9))  # rows back in node order
+        assert all(copied.slots[s] == n for n, s in enumerate(copied.keep))
+        assert copied.spread is not None and len(copied.spread) == len(slots)
+        assert copied.allowed.shape == (len(copied.fed), len(slots))
+        computed = plan_pass(9, 0, wide, start=100, pad_single=True, layout=name, can_spread=False)
+        assert computed.fed == list(range(len(slots))) and computed.spread is None  # copies computed as rows
