@@ -32,7 +32,16 @@ class QuickdraftGroup(click.Group):
 @click.group(cls=QuickdraftGroup)
 @click.version_option(package_name="quickdraft")
 def main() -> None:
-    """quickdraft: faster decoding that never changes what the model generates."""
+    """quickdraft: faster decoding that never changes what the model generates.
+
+    \b
+    Effects on this machine, as every command here loads a model:
+      - on a CPU with transformers, glibc's malloc keeps freed memory for the next pass
+        (faster prefills; QUICKDRAFT_KEEP_MEMORY=0 turns it off);
+      - drafters sized by the machine's pass latency measure it once per model, dtype and CPU,
+        and llama.cpp checks its rows once per file, build and CPU; both are cached under
+        QUICKDRAFT_CACHE (default ~/.cache/quickdraft).
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("quickdraft: %(message)s"))
     logger = logging.getLogger("quickdraft")
@@ -140,7 +149,7 @@ def generate(prompt, model, method, max_new_tokens, temperature, top_p, top_k, s
     if other:
         raise QuickdraftError(f"--option {other[0]}.KEY is for method {other[0]!r}, not {method!r}; "
                               f"use --option KEY=VALUE")
-    engine = load(model, dtype=dtype, threads=threads, backend=backend)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend, tune_memory=True)
     _warn_if_not_exact(engine)
     kwargs = dict(method=method, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, seed=seed, system=system, chat=not no_chat, stop=list(stop))
@@ -203,7 +212,7 @@ def profile(model, dtype, threads, refresh, backend) -> None:
     from .engine import load
     from .profile import load_or_measure, node_budget
 
-    engine = load(model, dtype=dtype, threads=threads, backend=backend)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend, tune_memory=True)
     prof = load_or_measure(engine.target, refresh=refresh)
     click.echo(f"{prof.key.model} ({prof.key.dtype}, {prof.key.threads} threads) on {prof.key.machine}"
                + ("" if prof.quiet else "  [measured while the machine was busy]"))
@@ -235,7 +244,7 @@ def demo(model, method, dtype, max_new_tokens, backend) -> None:
     """Generate one answer plainly and once accelerated; compare speed and output."""
     from .engine import load
 
-    engine = load(model, dtype=dtype, backend=backend)
+    engine = load(model, dtype=dtype, backend=backend, tune_memory=True)
     click.echo(f"model {engine.model_name} ({engine.target.dtype}, {engine.target.backend}); prompt: an editing task that copies its input\n")
     engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=8)  # warm-up
     plain = engine.generate(DEMO_PROMPT, method="ar", max_new_tokens=max_new_tokens)
@@ -409,7 +418,7 @@ def serve(model, method, host, port, api_key, max_concurrency, max_batch, specul
     if max_concurrency > 1 and on_llama:
         raise QuickdraftError("--max-concurrency above 1 needs --backend transformers: a llama.cpp context holds "
                               "one generation's cache (use --max-batch to decode requests together)")
-    engine = load(model, dtype=dtype, threads=threads, backend=backend)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend, tune_memory=True)
     for name in config.methods:  # bad options fail now
         engine.drafter(name, config.options_for(name))
     click.echo(f"quickdraft: serving {engine.model_name} ({engine.target.dtype}) with method "
@@ -453,7 +462,7 @@ def bench_serve(model, concurrency, modes, method, requests_per_client, max_toke
                         requests_per_client=requests_per_client, max_tokens=max_tokens, time_limit_s=time_limit)
     prompts = [p.turns[0] for p in load_suite(suite).select(per_category=per_category).prompts]
     base = ServerConfig(default_method=method, methods=(method, "ar"), max_queue=max(levels) * 2)
-    engine = load(model, dtype=dtype, threads=threads, backend=backend)
+    engine = load(model, dtype=dtype, threads=threads, backend=backend, tune_memory=True)
     _warn_if_not_exact(engine)
     results = run_load(engine, config, prompts, base=base, progress=lambda line: click.echo(line, err=True))
     write_report(results, Path(out), shlex.join(["quickdraft", "bench-serve", *sys.argv[2:]]))

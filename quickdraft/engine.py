@@ -507,12 +507,18 @@ def _encode_chat_as_text(tokenizer, messages: list[Message]) -> list[int]:
 
 
 def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: str = "cpu",
-         threads: int | None = None, backend: str = "auto") -> Engine:
+         threads: int | None = None, backend: str = "auto", tune_memory: bool = False,
+         profile: bool = True) -> Engine:
     """Load a model and return an :class:`Engine` for it.
 
     backend: ``auto`` (llama.cpp for a GGUF file or alias on the CPU when llama-cpp-python is
     installed, else transformers), ``transformers`` or ``llamacpp`` (:mod:`quickdraft.backends`).
     threads: CPU threads (torch's, or llama.cpp's).
+    tune_memory: on a CPU with transformers, ask glibc's malloc to keep freed memory for the next pass
+    (process-wide, :mod:`quickdraft.memory`; faster prefills). The CLI and server turn it on.
+    profile: drafters that size their drafts by the machine's measured pass latency may measure it once
+    and cache it under the cache folder (:mod:`quickdraft.profile`); False: they start from a generic
+    shape and learn from the steps they see, nothing timed or written at build.
 
     Example (loads a real model, so not a doctest)::
 
@@ -521,12 +527,19 @@ def load(model: str = "smollm2-135m-instruct", *, dtype: str = "auto", device: s
     """
     from .backends import choose_backend, load_target
 
+    on_torch = choose_backend(model, backend, device=device, dtype=dtype) == "transformers"
     if threads is not None:
         if threads <= 0:
             raise QuickdraftError(f"threads must be positive, got {threads}")
-        if choose_backend(model, backend, device=device, dtype=dtype) == "transformers":
+        if on_torch:
             torch.set_num_threads(threads)
-    return Engine(load_target(model, backend=backend, dtype=dtype, device=device, threads=threads))
+    if tune_memory and on_torch and torch.device(device).type == "cpu":
+        from .memory import keep_freed_memory
+
+        keep_freed_memory()  # no page faults for every pass's intermediate tensors
+    target = load_target(model, backend=backend, dtype=dtype, device=device, threads=threads)
+    target.profiling = profile
+    return Engine(target)
 
 
 __all__ = ["Engine", "GenerationResult", "Request", "Stats", "accept", "best_chain", "decode", "fit_draft", "load",

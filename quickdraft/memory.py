@@ -13,9 +13,10 @@ allocate less, were not measurably changed).
 32 MiB come from the heap) and ``M_TRIM_THRESHOLD`` (the heap is not trimmed
 below 1 GiB of free top), the same trade as PyTorch's caching allocator on
 GPUs: the process keeps its peak memory instead of returning it. It is
-process-wide, applied once by :func:`quickdraft.models.load_model` for a CPU
-model (``QUICKDRAFT_KEEP_MEMORY=0`` turns it off), and a no-op where the C
-library is not glibc.
+process-wide, applied when asked (:func:`quickdraft.engine.load` with
+``tune_memory=True``, as every CLI command and the server load a CPU model;
+``QUICKDRAFT_KEEP_MEMORY=0`` turns it off), and a no-op where the C library
+is not glibc.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import torch
 
 from .cache import KVCache
 from .errors import QuickdraftError
-from .memory import keep_freed_memory
 from .paths import cache_dir
 from . import attention
 from .passplan import PassPlan, plan_pass
@@ -321,9 +320,7 @@ def load_model(spec: str, *, dtype: str = "auto", device: str = "cpu") -> Target
 
     name, where = resolve(spec)
     torch_dtype = _pick_dtype(dtype, device)
-    if torch.device(device).type == "cpu":
-        keep_freed_memory()  # no page faults for every pass's intermediate tensors (quickdraft.memory)
-    elif torch_dtype != torch.float32:
+    if torch.device(device).type != "cpu" and torch_dtype != torch.float32:
         log.warning("%s on %s: verification passes round differently from one-token passes, so greedy "
                     "output can differ from plain decoding at near-ties; float32 (the default there) is exact",
                     str(torch_dtype).removeprefix("torch."), device)

@@ -675,7 +675,7 @@ def run_bench(prepared: Prepared, *, engine=None, backends: Sequence[Backend] | 
         from ..engine import load
 
         engine = load(config.model, dtype=config.dtype, device=config.device, threads=config.threads,
-                      backend=config.backend)
+                      backend=config.backend, tune_memory=True)
     if backends is None:
         backends = build_backends(engine, prepared.methods, options=config.options, draft_model=config.draft_model)
     # Every first turn must fit the model: fail before anything is measured or written.

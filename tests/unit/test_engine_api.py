@@ -86,3 +86,19 @@ def test_special_token_text_in_a_message_is_text_not_a_control_token(tiny_engine
     # without special-token text the prompt is encoded as before (the template's text in one piece)
     text = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True, tokenize=False)
     assert plain == tok.encode(text, add_special_tokens=False)
+
+
+def test_load_has_no_hidden_effects_unless_asked(tiny_dir, tmp_path, monkeypatch):
+    """Memory tuning and latency profiling are options of load: by default the Python API leaves the
+    allocator alone, and with profile=False building a latency-sized drafter times nothing, writes nothing."""
+    from quickdraft import load, memory
+
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setenv("QUICKDRAFT_CACHE", str(tmp_path))
+    engine = load(str(tiny_dir), dtype="float32", profile=False)
+    assert calls == []
+    engine.generate("ab ab ab", method="auto", max_new_tokens=8, chat=False)
+    assert not list(tmp_path.rglob("*.json")), "nothing measured or written"
+    load(str(tiny_dir), dtype="float32", tune_memory=True)
+    assert calls == [1]
