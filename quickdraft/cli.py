@@ -210,7 +210,8 @@ def methods() -> None:
 def profile(model, dtype, threads, refresh, backend) -> None:
     """Show (measuring once) how verify latency grows with draft nodes here, and the node budget."""
     from .engine import load
-    from .profile import load_or_measure, node_budget
+    from .profile import load_or_measure
+    from .sizing import node_budget
 
     engine = load(model, dtype=dtype, threads=threads, backend=backend, tune_memory=True)
     prof = load_or_measure(engine.target, refresh=refresh)

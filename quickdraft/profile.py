@@ -1,4 +1,5 @@
-"""Hardware-aware draft size: how verify latency grows with tree nodes, and the node budget to use.
+"""How verify latency grows with tree nodes, measured on this machine (the node budget built on it:
+:mod:`quickdraft.sizing`).
 
 Wide verification is nearly free on some machines (bfloat16 on a CPU with
 native bf16: 8 tokens cost about what 1 costs) and expensive on others, so the
@@ -10,10 +11,8 @@ module
   the profile as JSON under ``paths.profiles_dir()``
   (:func:`load_or_measure`, lazy: only a tree drafter asking for a budget
   triggers it; a couple of seconds for the embedded model);
-* chooses the node budget that maximises expected emitted tokens per second,
-  ``(1 + accepted(n)) / latency(n)`` (:func:`choose_node_budget`, pure), from a
-  prior (:func:`node_budget`) or from running acceptance statistics
-  (:class:`AdaptiveNodeBudget`).
+* from which :mod:`quickdraft.sizing` chooses the node budget that maximises
+  expected emitted tokens per second.
 
 Counting: ``nodes`` is the number of draft nodes; a verify pass feeds
 ``nodes + 1`` tokens (the root too). ``latency(0)`` is a plain decoding step.
@@ -30,8 +29,6 @@ tokens, 1.9 after 600). The profile is measured at two context lengths and
 ...                         long_context=1128, long_seconds=(0.030, 0.042))
 >>> round(longer.latency(8, context=628), 4), round(longer.latency(8), 4)
 (0.032, 0.022)
->>> choose_node_budget(profile.latency, [0.0, 0.6, 0.9, 1.1, 1.3, 1.4, 1.5, 1.55, 1.6], candidates=(1, 2, 4, 8))
-8
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -57,9 +54,6 @@ from .paths import profiles_dir
 log = logging.getLogger(__name__)
 
 PROFILE_NODES = (0, 1, 2, 4, 8, 16, 32, 64)  # draft sizes measured (0 = a plain decoding step)
-# Node budgets to choose among: fine steps where trees usually land (with doublings only, the n-gram
-# drafter's budget settled between 4 and 8 nodes, below the best fixed size, 10; see AdaptiveNodeBudget).
-CANDIDATES = (1, 2, 4, 6, 8, 10, 12, 16, 24, 32, 48, 64)
 PROFILE_VERSION = 7  # 7: keyed by the CPU's kernels and the tree layout; 2: the quiet flag; 3: a second, longer context; 4: exact tree layout (copies of some nodes); 5: logits stay in the model dtype; 6: copies of nodes spread in the cache, not computed
 PROFILE_CONTEXTS = (128, 1024)  # context lengths (cached tokens) the passes are timed at
 
@@ -325,185 +319,7 @@ def generic_profile(step_s: float = 0.02) -> LatencyProfile:
                           seconds=tuple(step_s * (1 + math.log2(1 + n) / 4) for n in PROFILE_NODES))
 
 
-# ------------------------------------------------------------------ choosing a size
-
-
-def prior_expected_accepted(nodes: int) -> float:
-    """Accepted draft tokens expected from a ``nodes``-node draft before any statistics.
-
-    Half a token per doubling of the tree (0.5 at 1 node, 2 at 15, 3 at 63):
-    a cautious, diminishing-returns guess that running statistics replace.
-    """
-    return 0.5 * math.log2(1 + nodes)
-
-
-def choose_node_budget(latency: Callable[[int], float], expected_accepted: Sequence[float],
-                       candidates: Sequence[int] = CANDIDATES) -> int:
-    """The candidate draft size with the most expected emitted tokens per second.
-
-    latency(n): seconds of a verify pass with n draft nodes.
-    expected_accepted[n]: expected accepted draft tokens with n nodes (index 0..N);
-        candidates beyond the list are skipped. Each pass also emits one
-        recovered or bonus token, hence ``(1 + accepted) / latency``. Ties go
-        to the smaller size.
-
-    >>> flat = lambda n: 1.0                      # free verification: the biggest tree
-    >>> choose_node_budget(flat, [0, 1, 1.5, 1.8, 2.0], candidates=(1, 2, 4))
-    4
-    >>> steep = lambda n: 1.0 + n                 # every node costs a full pass
-    >>> choose_node_budget(steep, [0, 1, 1.5, 1.8, 2.0], candidates=(1, 2, 4))
-    1
-    """
-    best, best_rate = None, -math.inf
-    for n in sorted(candidates):
-        if n >= len(expected_accepted):
-            continue
-        rate = (1.0 + expected_accepted[n]) / latency(n)
-        if rate > best_rate * (1 + 1e-9):
-            best, best_rate = n, rate
-    if best is None:
-        raise ValueError(f"no candidate in {list(candidates)} has an acceptance estimate")
-    return best
-
-
-def node_budget(target, *, default: int = 16, max_nodes: int = 64) -> int:
-    """A node budget for tree drafts on this machine, from the latency profile and the prior.
-
-    Measures the profile on first use (cached per model, dtype, threads and
-    machine). ``default`` is returned for a target that cannot be profiled
-    (None, or an object without ``forward``/``new_cache``, as in unit tests).
-    """
-    if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
-        return default
-    profile = load_or_measure(target)
-    prior = [prior_expected_accepted(n) for n in range(max_nodes + 1)]
-    return choose_node_budget(profile.latency, prior, [c for c in CANDIDATES if c <= max_nodes])
-
-
-def accepted_within(path: Sequence[int], nodes: int) -> int:
-    """Accepted tokens had the draft been cut to its first ``nodes`` nodes.
-
-    Valid for drafts built in priority order (their first m nodes are the
-    draft they would make with budget m) and greedy acceptance, where the
-    accepted path of the cut tree is the prefix of ``path`` inside it.
-
-    >>> accepted_within((2, 5, 9), 6)
-    2
-    """
-    count = 0
-    for node in path:
-        if node > nodes:
-            break
-        count += 1
-    return count
-
-
-class AdaptiveNodeBudget:
-    """The node budget for the next draft, from a latency profile and running acceptance.
-
-    The tokens expected from the first m nodes of a draft (:func:`accepted_within`)
-    are estimated as a level times a product of growth factors: the level is
-    the running mean of what the first node alone accepts, measured at every
-    step; the factor of size m is the running ratio of what the first m nodes
-    accepted to what the first m - 1 accepted, over the steps whose budget
-    reached m (a product-limit estimate: each ratio compares two sizes on the
-    same steps). All start from the prior. A large size is only measured in
-    the steps that try it, which come in easy stretches (a translation) or on
-    probes (every ``probe_every`` steps the next larger candidate is
-    proposed); as ratios its measurements carry over to a hard stretch, where a
-    plain running mean would have stayed high (too big trees), and back, where
-    a mean measured in the hard stretch would have stayed low (the n-gram
-    drafter's budget, so estimated, stuck at 2 nodes for a whole bench run
-    after its first prompts: 1.86 tokens per pass against 2.13 at a fixed 10
-    nodes). The estimate never falls as m grows (a draft's first m nodes hold
-    its first m - 1), which the previous estimate, one ratio of m nodes to the
-    first node per size, each over its own steps, did not ensure: it rated 16
-    nodes below 12 and 24 above both in a bench run, and chose bigger trees
-    than paid (builtin suite, interleaved: `ngram` 1.75x with it, 1.82x with
-    this one, 1.83x at a fixed 8 nodes). Lives in a drafter, so it carries
-    across the requests of an engine.
-
-    >>> budget = AdaptiveNodeBudget(lambda n: 1.0 + n / 8, candidates=(1, 2, 4, 8))
-    >>> for _ in range(50):
-    ...     budget.record(budget.next_budget(), path=(1, 2, 3))   # the first 3 nodes always accepted
-    >>> budget.choice()
-    4
-
-    latency(n) gives the seconds of an n-node pass; called as latency(n, context)
-    when the drafter passes the context length (cached tokens) to
-    :meth:`next_budget` (a profile's :meth:`LatencyProfile.latency` takes both).
-    """
-
-    def __init__(self, latency: Callable[..., float], *, candidates: Sequence[int] = CANDIDATES,
-                 prior: Callable[[int], float] = prior_expected_accepted, prior_weight: float = 4.0,
-                 min_rate: float = 0.02, probe_every: int = 8) -> None:
-        self.latency = latency
-        self.candidates = tuple(sorted(candidates))
-        size = self.candidates[-1] + 1
-        self._level = prior(1)  # running mean of what the first node accepts
-        self._level_weight = prior_weight
-        # growth of size m: running (accepted by m nodes, by m - 1 nodes) over the steps that reached m
-        self._growth = [(1.0, 1.0)] * 2 + [(prior(m), prior(m - 1)) for m in range(2, size)]
-        self._weight = [prior_weight] * size
-        self.min_rate = min_rate
-        self.probe_every = probe_every
-        self.steps = 0
-
-    @property
-    def expected(self) -> list[float]:
-        """Expected accepted tokens with the first m nodes, m = 0 .. max(candidates); never decreasing."""
-        out = [0.0, self._level]
-        for num, den in self._growth[2:]:
-            out.append(out[-1] * max(1.0, num / den) if den > 1e-9 else out[-1])
-        return out
-
-    def choice(self, context: int | None = None) -> int:
-        """The best candidate on current estimates (after ``context`` cached tokens, if given)."""
-        latency = self.latency if context is None else (lambda n: self.latency(n, context))
-        return choose_node_budget(latency, self.expected, self.candidates)
-
-    def next_budget(self, context: int | None = None) -> int:
-        """The budget for the next draft: the choice, or one size up on a probe step."""
-        best = self.choice(context)
-        if self.probe_every and self.steps % self.probe_every == self.probe_every - 1:
-            larger = [c for c in self.candidates if c > best]
-            return larger[0] if larger else best
-        return best
-
-    def record(self, budget: int, path: Sequence[int]) -> None:
-        """One verified draft made under ``budget`` nodes, with accepted node path ``path``."""
-        self.steps += 1
-        if budget < 1:
-            return
-        accepted = accepted_within(path, 1)  # accepted_within(path, m), advanced as m grows
-        self._level_weight += 1.0
-        self._level += max(1.0 / self._level_weight, self.min_rate) * (accepted - self._level)
-        for m in range(2, min(budget, len(self._growth) - 1) + 1):
-            before = accepted
-            while accepted < len(path) and path[accepted] <= m:
-                accepted += 1
-            self._weight[m] += 1.0
-            rate = max(1.0 / self._weight[m], self.min_rate)
-            num, den = self._growth[m]
-            self._growth[m] = (num + rate * (accepted - num), den + rate * (before - den))
-
-
-def adaptive_node_budget(target, *, max_nodes: int = 64, extra: int = 0) -> AdaptiveNodeBudget | None:
-    """An :class:`AdaptiveNodeBudget` on ``target``'s latency profile (measured once per machine).
-
-    extra: inputs fed with every draft besides its nodes (PPD's prompt tokens),
-    charged as nodes. None for a target that cannot be profiled (see :func:`node_budget`).
-    """
-    if target is None or not hasattr(target, "forward") or not hasattr(target, "new_cache"):
-        return None
-    profile = load_or_measure(target)
-    latency = profile.latency if not extra else (lambda n, context=None: profile.latency(n + extra, context))
-    return AdaptiveNodeBudget(latency, candidates=[c for c in CANDIDATES if c <= max_nodes])
-
-
-
 __all__ = [
-    "AdaptiveNodeBudget", "CANDIDATES", "adaptive_node_budget", "LatencyProfile", "PROFILE_NODES", "ProfileKey", "accepted_within",
-    "choose_node_budget", "load_or_measure", "machine_is_quiet", "machine_name", "measure_latency", "node_budget",
-    "prior_expected_accepted", "profile_key", "profiles_dir",
+    "LatencyProfile", "PROFILE_NODES", "ProfileKey", "generic_profile", "load_or_measure", "machine_is_quiet",
+    "machine_name", "measure_latency", "profile_key", "profiles_dir",
 ]

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from ..profile import AdaptiveNodeBudget
+from ..sizing import AdaptiveNodeBudget
 from ..tree import TokenTrie
 from .base import Draft, DraftContext, Drafter, StepOutcome
 

@@ -96,7 +96,7 @@ def drafter_settings(ctx: BuildContext, *, tree: bool = False) -> dict:
         shape = {name: int(opts[name]) for name in ("width", "depth", "nodes") if name in opts}
         out["tree"] = TreeShape(**shape)
         if "nodes" not in opts:
-            from ..profile import adaptive_node_budget
+            from ..sizing import adaptive_node_budget
 
             out["node_budget"] = adaptive_node_budget(ctx.target)
     elif any(name in opts for name in ("width", "depth", "nodes")):

@@ -44,7 +44,7 @@ from transformers import AutoModel, DynamicCache
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from ..tree import ancestor_mask
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, GuessTreeDrafter

@@ -23,7 +23,7 @@ acceptance per sibling rank (before any evidence: the cumulative draft
 probability itself, up to binning); it never exceeds its parent's, so the
 kept set is a tree. The node budget is the option ``nodes`` or, by default,
 chosen per step from the machine's verify-latency profile and the running
-acceptance (:class:`~quickdraft.profile.AdaptiveNodeBudget`). The tree is a
+acceptance (:class:`~quickdraft.sizing.AdaptiveNodeBudget`). The tree is a
 deterministic function of the context, so under sampling it is verified as a
 deterministic multi-draft (one-hot draft distributions, ``draft_probs=None``),
 which is exact whatever the shape.
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..profile import AdaptiveNodeBudget
+from ..sizing import AdaptiveNodeBudget
 from ..sampling import Draws, SamplingParams, argmax_rows, sample, target_probs
-from .adaptive import AcceptanceModel, keep_drafting
+from ..sizing import AcceptanceModel, keep_drafting
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .lm import DraftLM, DraftSession, causal_allowed
 

@@ -54,7 +54,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..datastore import SEP, prior_datastore
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 

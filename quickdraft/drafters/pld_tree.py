@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from ..tree import TokenTrie
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register

@@ -32,7 +32,7 @@ import torch
 
 from ..adapters import Adapter, load_adapter_for
 from ..errors import QuickdraftError
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 from .topk_tree import Guesses, best_first_tree, end_probabilities

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..datastore import SEP, prior_datastore
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register
 

@@ -210,7 +210,7 @@ def _combined(name: str) -> MethodSpec:
     parts = [get_method(part) for part in names]
 
     def build(ctx: BuildContext) -> Drafter:
-        from ..profile import adaptive_node_budget
+        from ..sizing import adaptive_node_budget
         from .combine import Combined
 
         nodes = ctx.options.get("nodes")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..datastore import SEP, Datastore, shipped_datastore
 from ..errors import QuickdraftError
-from ..profile import AdaptiveNodeBudget, adaptive_node_budget
+from ..sizing import AdaptiveNodeBudget, adaptive_node_budget
 from ..tree import TokenTrie
 from .base import Draft, DraftContext, Drafter, StepOutcome
 from .registry import BuildContext, register

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..profile import AdaptiveNodeBudget
+from ..sizing import AdaptiveNodeBudget
 from .base import EMPTY_DRAFT, Draft, DraftContext, Drafter, StepOutcome
 
 

@@ -10,7 +10,7 @@ import torch
 
 from quickdraft import QuickdraftError
 from quickdraft.drafters import DraftContext
-from quickdraft.drafters.adaptive import AcceptanceModel, keep_drafting
+from quickdraft.sizing import AcceptanceModel, keep_drafting
 from quickdraft.drafters.draft_model import vocab_map
 from quickdraft.drafters.lm import DraftSession, LayerSubsetLM, WholeModelLM, check_self_spec_support
 from quickdraft.drafters.model_drafter import ModelDrafter, TreeShape

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from quickdraft.profile import (
-    CANDIDATES, AdaptiveNodeBudget, LatencyProfile, accepted_within, choose_node_budget, load_or_measure, measure_latency,
-    node_budget, prior_expected_accepted, profile_key,
+from quickdraft.profile import LatencyProfile, load_or_measure, measure_latency, profile_key
+from quickdraft.sizing import (
+    CANDIDATES, AdaptiveNodeBudget, accepted_within, choose_node_budget, node_budget, prior_expected_accepted,
 )
 
 # Shapes like the ones measured on this CPU (docs: ../shared/MODELS.md), in seconds per verify pass.
