@@ -127,4 +127,7 @@ def real_engine():
 def _isolated_cache(tmp_path_factory):
     """Keep tests' converted models in the user's cache (conversion is slow) but never write elsewhere."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from quickdraft.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the CLI does (load(tune_memory=True)): transformers passes without page faults
     yield
