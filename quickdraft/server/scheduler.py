@@ -111,6 +111,7 @@ class Scheduler:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
         self.engines = list(engines)
+        self.capacity = len(self.engines)  # jobs that may run at once
         self.max_queue = max_queue
         self.observer = observer
         self._waiting: deque[Job] = deque()
@@ -158,7 +159,7 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise ServerBusy("the server is shutting down")
-            idle = len(self.engines) - len(self._active) - len(self._waiting)
+            idle = self.capacity - len(self._active) - len(self._waiting)
             if idle <= 0 and len(self._waiting) >= self.max_queue:
                 raise ServerBusy(
                     f"the server is busy: {len(self._active)} requests running and {len(self._waiting)} waiting "
@@ -220,7 +221,7 @@ class Scheduler:
             self.observer.generation_stopped(method, reason)
 
 
-class BatchScheduler:
+class BatchScheduler(Scheduler):
     """One worker thread decoding every running job together (continuous batching,
     :class:`~quickdraft.batching.BatchDecoder`): jobs join between steps while slots are free and leave
     when done or cancelled; the others wait in a bounded FIFO queue (the same interface as :class:`Scheduler`).
@@ -234,20 +235,10 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.observer = observer
         self._waiting: deque[Job] = deque()
-        self._running: dict[Any, Job] = {}  # lane -> job (the worker's; sizes read under the lock)
+        self._active: dict[Any, Job] = {}  # lane -> job (the worker's; sizes read under the lock)
         self._stopping = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-
-    @property
-    def waiting(self) -> int:
-        with self._cond:
-            return len(self._waiting)
-
-    @property
-    def running(self) -> int:
-        with self._cond:
-            return len(self._running)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name="quickdraft-batch", daemon=True)
@@ -256,7 +247,7 @@ class BatchScheduler:
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
-            dropped = list(self._waiting) + list(self._running.values())
+            dropped = list(self._waiting) + list(self._active.values())
             self._waiting.clear()
             self._cond.notify_all()
         for job in dropped:
@@ -267,45 +258,22 @@ class BatchScheduler:
         for job in dropped:
             job.close()
 
-    def submit(self, job: Job) -> None:
-        with self._cond:
-            if self._stopping:
-                raise ServerBusy("the server is shutting down")
-            idle = self.capacity - len(self._running) - len(self._waiting)
-            if idle <= 0 and len(self._waiting) >= self.max_queue:
-                raise ServerBusy(
-                    f"the server is busy: {len(self._running)} requests running and {len(self._waiting)} waiting "
-                    f"(the queue holds {self.max_queue}); retry later"
-                )
-            self._waiting.append(job)
-            self._cond.notify()
-
-    def cancel(self, job: Job) -> None:
-        """Drop a waiting job, or make the worker drop a running one before its next step."""
-        job.cancelled.set()
-        with self._cond:
-            try:
-                self._waiting.remove(job)
-            except ValueError:
-                return
-        job.close()
-
     # ------------------------------------------------------------ the worker
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._running and not self._stopping:
+                while not self._waiting and not self._active and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
                 joining = []
-                while self._waiting and len(self._running) + len(joining) < self.capacity:
+                while self._waiting and len(self._active) + len(joining) < self.capacity:
                     joining.append(self._waiting.popleft())
             for job in joining:
                 self._join(job)
             self._drop_cancelled()
-            if self._running:
+            if self._active:
                 self._step()
 
     def _join(self, job: Job) -> None:
@@ -320,10 +288,10 @@ class BatchScheduler:
             job.close()
             return
         with self._cond:
-            self._running[lane] = job
+            self._active[lane] = job
 
     def _drop_cancelled(self) -> None:
-        for lane, job in list(self._running.items()):
+        for lane, job in list(self._active.items()):
             if job.cancelled.is_set():
                 self.decoder.leave(lane)
                 self._report_stop(job.method, "cancelled")
@@ -335,14 +303,14 @@ class BatchScheduler:
         except Exception as exc:  # noqa: BLE001  a failed pass fails its requests, never the worker
             if not isinstance(exc, QuickdraftError):
                 log.exception("a batched step failed")
-            for lane, job in list(self._running.items()):
+            for lane, job in list(self._active.items()):
                 self.decoder.leave(lane)
                 self._report_stop(job.method, "error")
                 job.emit(exc)
                 self._end(lane)
             return
         for lane, items in events.items():
-            job = self._running.get(lane)
+            job = self._active.get(lane)
             if job is None:
                 continue
             for item in items:
@@ -354,9 +322,5 @@ class BatchScheduler:
 
     def _end(self, lane: Any) -> None:
         with self._cond:
-            job = self._running.pop(lane)
+            job = self._active.pop(lane)
         job.close()
-
-    def _report_stop(self, method: str, reason: str) -> None:
-        if self.observer is not None:
-            self.observer.generation_stopped(method, reason)
